@@ -1,0 +1,1 @@
+"""Metrics, bootstrap CIs, comparisons and versioned metric artifacts; see issue 5."""

@@ -1,0 +1,144 @@
+"""Where a store's bytes live: a local directory or any fsspec URL (``s3://bucket/prefix``).
+
+Only the few operations the commit protocol needs: atomic whole-object writes, listing,
+Parquet and JSON helpers, a zarr store for the patch arrays, and a lock for shard allocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+
+class Location:
+    """A root (directory or object prefix) plus the filesystem that serves it."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.url = str(url)
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.root = self.root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        if self.is_local:
+            self.root = os.path.abspath(self.root)
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def child(self, *parts: str) -> "Location":
+        sub = "/".join(p.strip("/") for p in parts)
+        if self.is_local:
+            return Location(self.path(sub))
+        return Location(self._url_of(self.path(sub)), self.storage_options)
+
+    # -- objects --------------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        path = self.path(*parts)
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+        return self.fs.exists(path)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        return self.fs.cat_file(self.path(*parts))
+
+    def write_atomic(self, data: bytes, *parts: str) -> str:
+        """Write a whole object so that readers see all of it or nothing.
+
+        Local: temp file in the same directory, fsync-free rename. Object stores: one PUT of
+        the final key (a PUT is atomic there; there is no rename).
+        """
+        final = self.path(*parts)
+        if self.is_local:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            tmp = f"{final}.{uuid.uuid4().hex}.partial"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, final)
+        else:
+            self.fs.pipe_file(final, data)
+        return final
+
+    def list(self, *parts: str, suffix: str = "") -> list[str]:
+        """Sorted full paths of the objects directly under a prefix (missing prefix: empty)."""
+        base = self.path(*parts)
+        if not self.is_local:
+            self.fs.invalidate_cache(base)  # other processes commit parts: never trust a cached listing
+        try:
+            entries = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return []
+        out = [e for e in entries if e.endswith(suffix) and not e.endswith(".partial")]
+        return sorted(out)
+
+    def du(self, *parts: str) -> int:
+        try:
+            return int(self.fs.du(self.path(*parts), total=True))
+        except FileNotFoundError:
+            return 0
+
+    # -- formats --------------------------------------------------------------------------
+    def read_json(self, *parts: str) -> dict:
+        return json.loads(self.read_bytes(*parts))
+
+    def write_json(self, obj: dict, *parts: str) -> str:
+        return self.write_atomic(json.dumps(obj, indent=2, sort_keys=True).encode(), *parts)
+
+    def write_parquet(self, table: pa.Table, *parts: str, dictionary_columns: list[str] | None = None) -> str:
+        # Dictionary-encode only the key-like columns: on embeddings it bloats and slows.
+        buf = io.BytesIO()
+        pq.write_table(table, buf, use_dictionary=dictionary_columns or False, compression="zstd")
+        return self.write_atomic(buf.getvalue(), *parts)
+
+    def read_parquet(self, paths: list[str], columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        if not paths:
+            if schema is None:
+                raise ValueError("no parquet parts and no schema")
+            return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        return pq.read_table(paths, columns=columns, filesystem=self.fs, schema=schema)
+
+    # -- zarr -----------------------------------------------------------------------------
+    def zarr_store(self, *parts: str, read_only: bool = False) -> zarr.abc.store.Store:
+        if self.is_local:
+            return zarr.storage.LocalStore(self.path(*parts), read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(self._url_of(self.path(*parts)), storage_options=self.storage_options, read_only=read_only)
+
+    def _url_of(self, path: str) -> str:
+        proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{proto}://{path}"
+
+    # -- allocation lock ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, *parts: str) -> Iterator[None]:
+        """An exclusive lock across processes for short metadata updates.
+
+        Local stores use ``flock`` on a lock file. Object stores have no locks: there, one
+        coordinator (the extraction flow) allocates shards before workers start, as the
+        design requires; this context manager is then a no-op.
+        """
+        if not self.is_local:
+            yield
+            return
+        import fcntl
+
+        path = self.path(*parts)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,122 @@
+"""The store: one directory or object prefix holding the image index and every feature set."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from featurestore import __version__, layout
+from featurestore.errors import FeatureSetNotFound, RadstoreError
+from featurestore.featureset import FeatureSet, FeatureSetSpec
+from featurestore.storage import Location
+
+
+class Store:
+    """Open with :meth:`Store.open` (``create=True`` makes a new one)."""
+
+    def __init__(self, loc: Location, meta: dict[str, Any]):
+        self.loc = loc
+        self.meta = meta
+
+    @property
+    def url(self) -> str:
+        return self.loc.url
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    @classmethod
+    def open(cls, url: str, *, create: bool = False, storage_options: dict[str, Any] | None = None) -> "Store":
+        loc = Location(url, storage_options)
+        if loc.exists(layout.STORE_JSON):
+            meta = loc.read_json(layout.STORE_JSON)
+            if meta.get("format") != layout.FORMAT_NAME:
+                raise RadstoreError(f"{url}/{layout.STORE_JSON} is not a radstore store.json (format={meta.get('format')!r})")
+            layout.check_format_version(meta.get("format_version"), f"store {url}")
+            return cls(loc, meta)
+        if not create:
+            raise RadstoreError(
+                f"no radstore store at {url} (no {layout.STORE_JSON}). Create one with "
+                "`radstore ingest --store ...` or Store.open(url, create=True)."
+            )
+        if loc.is_local and loc.fs.exists(loc.root) and loc.fs.ls(loc.root):
+            raise RadstoreError(f"{url} exists, is not empty and is not a radstore store; choose an empty or new directory")
+        meta = {
+            "format": layout.FORMAT_NAME,
+            "format_version": layout.FORMAT_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_by": f"radstore {__version__}",
+        }
+        loc.write_json(meta, layout.STORE_JSON)
+        return cls(loc, meta)
+
+    # -- images -----------------------------------------------------------------------------
+    def images(self) -> pa.Table:
+        """The image index: one row per image_id (the first ingested wins on a race)."""
+        t = self.loc.read_parquet(self.loc.list(layout.IMAGES_DIR, suffix=".parquet"), schema=layout.IMAGES_SCHEMA)
+        if t.num_rows and pc.count_distinct(t.column("image_id")).as_py() != t.num_rows:
+            t = t.sort_by([("ingested_at", "ascending")])
+            _, first = np.unique(np.asarray(t.column("image_id").to_pylist(), dtype=object), return_index=True)
+            t = t.take(pa.array(np.sort(first)))
+        return t
+
+    def append_images(self, table: pa.Table) -> str | None:
+        if table.num_rows == 0:
+            return None
+        name = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+        return self.loc.write_parquet(table.cast(layout.IMAGES_SCHEMA), layout.IMAGES_DIR, name, dictionary_columns=["format", "photometric", "split"])
+
+    def append_ingest_errors(self, table: pa.Table) -> str | None:
+        if table.num_rows == 0:
+            return None
+        name = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+        return self.loc.write_parquet(table.cast(layout.INGEST_ERRORS_SCHEMA), layout.INGEST_ERRORS_DIR, name)
+
+    def ingest_errors(self) -> pa.Table:
+        return self.loc.read_parquet(self.loc.list(layout.INGEST_ERRORS_DIR, suffix=".parquet"), schema=layout.INGEST_ERRORS_SCHEMA)
+
+    # -- feature sets -----------------------------------------------------------------------
+    def feature_set_ids(self) -> list[str]:
+        out = []
+        for p in self.loc.list(layout.FEATURES_DIR):
+            fid = p.rstrip("/").rsplit("/", 1)[-1]
+            if self.loc.exists(layout.FEATURES_DIR, fid, layout.FEATURE_SET_JSON):
+                out.append(fid)
+        return out
+
+    def feature_sets(self) -> list[FeatureSet]:
+        return [self.feature_set(f) for f in self.feature_set_ids()]
+
+    def feature_set(self, feature_set_id: str) -> FeatureSet:
+        loc = self.loc.child(layout.FEATURES_DIR, feature_set_id)
+        if not loc.exists(layout.FEATURE_SET_JSON):
+            known = ", ".join(self.feature_set_ids()) or "none"
+            raise FeatureSetNotFound(f"no feature set {feature_set_id!r} in {self.url} (known: {known})")
+        return FeatureSet.open(loc)
+
+    def create_feature_set(self, spec: FeatureSetSpec) -> FeatureSet:
+        """Create the feature set for ``spec``, or open it if the same identity exists already."""
+        loc = self.loc.child(layout.FEATURES_DIR, spec.feature_set_id)
+        return FeatureSet.create_or_open(loc, spec)
+
+    # -- summary ----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        images = self.images()
+        fmt_counts: dict[str, int] = {}
+        for f in images.column("format").to_pylist():
+            fmt_counts[f] = fmt_counts.get(f, 0) + 1
+        return {
+            "url": self.url,
+            "format_version": self.meta.get("format_version"),
+            "created_at": self.meta.get("created_at"),
+            "images": images.num_rows,
+            "image_formats": fmt_counts,
+            "ingest_errors": self.ingest_errors().num_rows,
+            "feature_sets": [fs.info() for fs in self.feature_sets()],
+            "bytes": self.loc.du(),
+        }

@@ -1,0 +1,1 @@
+"""Prefect flows and the ``radstore`` CLI: thin orchestration over featurestore/heads/evaluation."""

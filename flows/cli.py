@@ -1,0 +1,141 @@
+"""``radstore``: the command line. Each command calls the same library function a flow calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n}"
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from featurestore.preview import contact_sheet
+    from featurestore.synth.cohort import SynthConfig, synthesize
+
+    cfg = SynthConfig(n=args.n, seed=args.seed, min_side=args.min_side, max_side=args.max_side, workers=args.workers)
+    manifest = synthesize(args.out, cfg, progress=not args.quiet)
+    print(f"wrote {cfg.n} images and {manifest}")
+    if args.preview:
+        png = contact_sheet(str(manifest), args.preview if isinstance(args.preview, str) else f"{args.out}/preview.png")
+        print(f"preview: {png}")
+    return EXIT_OK
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from featurestore.preview import contact_sheet
+
+    print(f"preview: {contact_sheet(args.manifest, args.out, n=args.n)}")
+    return EXIT_OK
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from featurestore.ingest import ingest
+    from featurestore.store import Store
+
+    store = Store.open(args.store, create=True)
+    report = ingest(args.manifest, store, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    print(report.summary())
+    if report.failed:
+        print(f"{len(report.failed)} image(s) failed; listed above and in {args.store}/ingest_errors/", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def cmd_store_info(args: argparse.Namespace) -> int:
+    from featurestore.store import Store
+
+    s = Store.open(args.store).summary()
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return EXIT_OK
+    fmts = ", ".join(f"{k}: {v}" for k, v in sorted(s["image_formats"].items())) or "none"
+    print(f"store        {s['url']}  (format v{s['format_version']}, created {s['created_at']})")
+    print(f"images       {s['images']}  ({fmts})")
+    print(f"ingest errors {s['ingest_errors']}")
+    print(f"size         {_human(s['bytes'])}")
+    if not s["feature_sets"]:
+        print("feature sets none yet (radstore extract ...)")
+    else:
+        print(f"{'feature set':32s} {'encoder':12s} {'grid':>12s} {'dim':>5s} {'dtype':>8s} {'images':>7s} {'size':>10s}  labels")
+        for f in s["feature_sets"]:
+            print(
+                f"{f['feature_set_id']:32s} {f['encoder']:12s} {f['grid']:>12s} {f['global_dim']:>5d} {f['dtype']:>8s} "
+                f"{f['images']:>7d} {_human(f['bytes']):>10s}  {f['labels'] or ''}"
+            )
+    return EXIT_OK
+
+
+def cmd_store_verify(args: argparse.Namespace) -> int:
+    from featurestore.store import Store
+
+    store = Store.open(args.store)
+    bad_total = 0
+    for fs in store.feature_sets():
+        bad = fs.verify()
+        bad_total += len(bad)
+        state = "ok" if not bad else f"{len(bad)} committed image(s) without grid data: {', '.join(bad[:10])}"
+        print(f"{fs.id}: {len(fs)} images, {state}")
+    return EXIT_OK if bad_total == 0 else EXIT_PARTIAL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="radstore", description="Embedding feature store and evaluation pipeline for radiology foundation models.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="write a synthetic chest X-ray cohort (DICOM/PNG, masks, manifest.parquet)")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--n", type=int, default=24, help="number of images (default 24)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--min-side", type=int, default=512, help="smallest image side in pixels (default 512)")
+    s.add_argument("--max-side", type=int, default=1024, help="largest image side (default 1024; ~3000 for real sizes)")
+    s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    s.add_argument("--preview", nargs="?", const=True, default=False, help="also write a contact sheet PNG (default OUT/preview.png)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("preview", help="contact sheet PNG of a manifest's images with mask outlines")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--out", required=True, help="PNG path")
+    s.add_argument("--n", type=int, default=8)
+    s.set_defaults(func=cmd_preview)
+
+    s = sub.add_parser("ingest", help="index a manifest's images into a store (idempotent)")
+    s.add_argument("--manifest", required=True, help="manifest.parquet (or .csv) with image_id and path columns")
+    s.add_argument("--store", required=True, help="store directory or fsspec URL (created if missing)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_ingest)
+
+    st = sub.add_parser("store", help="inspect a store").add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
+    s = st.add_parser("info", help="images and feature sets with their sizes")
+    s.add_argument("store")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_store_info)
+    s = st.add_parser("verify", help="check that every committed row has its grid on storage")
+    s.add_argument("store")
+    s.set_defaults(func=cmd_store_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from featurestore.errors import RadstoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RadstoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Shared, session-scoped fixtures: a 24-image synthetic cohort and small feature-set specs."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurestore.featureset import FeatureSetSpec
+from featurestore.synth.cohort import SynthConfig, synthesize
+
+# Small sides keep the suite fast; the generator's defaults (512-1024) are exercised in test_synth.
+COHORT = SynthConfig(n=24, seed=7, min_side=256, max_side=384, png_fraction=0.25, monochrome1_fraction=0.3)
+TINY_GRID = (8, 4, 4)
+TINY_DIM = 6
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory) -> Path:
+    """Path of the manifest of a 24-image cohort (built once per session)."""
+    root = tmp_path_factory.mktemp("cohort")
+    return synthesize(root, COHORT, progress=False)
+
+
+@pytest.fixture
+def tiny_spec() -> FeatureSetSpec:
+    return FeatureSetSpec(encoder="tiny", weights_fingerprint="test-weights", grid=TINY_GRID, global_dim=TINY_DIM, shard_images=16)
+
+
+def embedding_for(image_id: str, grid=TINY_GRID, dim=TINY_DIM) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (cls, patches) of one image: the oracle every store test compares against."""
+    rng = np.random.default_rng(zlib.crc32(image_id.encode()))
+    return rng.standard_normal(dim).astype(np.float32), rng.standard_normal(grid).astype(np.float32)
+
+
+def batch_for(ids, grid=TINY_GRID, dim=TINY_DIM) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [embedding_for(i, grid, dim) for i in ids]
+    return np.stack([c for c, _ in pairs]), np.stack([p for _, p in pairs])
