@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --seed 0 --preview
 	$(VENV)/bin/radstore ingest --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store
+	$(VENV)/bin/radstore extract --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store --encoder pixels
+	@echo "*** rad-dino with RANDOM TINY weights (no model hub here); put real weights in \$$RADSTORE_WEIGHTS_DIR/rad-dino ***"
+	$(VENV)/bin/radstore extract --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store --encoder rad-dino --weights random:tiny
 	$(VENV)/bin/radstore store info $(DEMO_DIR)/store
 	@echo "contact sheet: $(DEMO_DIR)/cohort/preview.png"
 
@@ -35,6 +38,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.store_io
+	$(PY) -m benchmarks.extraction
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

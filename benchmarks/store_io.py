@@ -8,29 +8,16 @@ baselines measured in the same run, since this machine is shared and noisy.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import socket
-import statistics
 import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import median_time, write_results
 from featurestore.featureset import FeatureSetSpec
 from featurestore.store import Store
 
-
-def _median(fn, reps: int) -> tuple[float, float, float]:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), min(times), max(times)
 
 
 def run(n: int = 200, reps: int = 3, grid=(768, 37, 37), batch: int = 16, workdir: str | None = None) -> dict:
@@ -56,7 +43,7 @@ def run(n: int = 200, reps: int = 3, grid=(768, 37, 37), batch: int = 16, workdi
 
     # (b) the ceiling: a plain in-memory copy (with the float16 cast the store does)
     dst = np.empty((n, c, h, w), np.float16)
-    record("memory copy (fp16 cast)", _median(lambda: np.copyto(dst, patches, casting="same_kind"), reps))
+    record("memory copy (fp16 cast)", median_time(lambda: np.copyto(dst, patches, casting="same_kind"), reps))
 
     # (a) one .npy file per image, float32: the layout of the study's code and of eva
     def npy_write():
@@ -67,7 +54,7 @@ def run(n: int = 200, reps: int = 3, grid=(768, 37, 37), batch: int = 16, workdi
             np.save(d / f"{i}.npy", x)
         np.save(d / "cls.npy", cls)
 
-    record("npy per image fp32", _median(npy_write, reps), sum(f.stat().st_size for f in (root / "npy").iterdir()))
+    record("npy per image fp32", median_time(npy_write, reps), sum(f.stat().st_size for f in (root / "npy").iterdir()))
 
     def store_write(sharded: int):
         def go():
@@ -82,7 +69,7 @@ def run(n: int = 200, reps: int = 3, grid=(768, 37, 37), batch: int = 16, workdi
         return go
 
     for label, s in (("radstore sharded (default)", 1), ("radstore one chunk per image", 0)):
-        t = _median(store_write(s), reps)
+        t = median_time(store_write(s), reps)
         d = root / f"store{s}"
         record(f"{label} write", t, sum(f.stat().st_size for f in d.rglob("*") if f.is_file()))
 
@@ -102,8 +89,8 @@ def run(n: int = 200, reps: int = 3, grid=(768, 37, 37), batch: int = 16, workdi
             np.load(root / "npy" / f"{i}.npy")
 
     fs.index()
-    record("radstore sharded random read (batches of 16)", _median(store_read, reps))
-    record("npy per image random read", _median(npy_read, reps))
+    record("radstore sharded random read (batches of 16)", median_time(store_read, reps))
+    record("npy per image random read", median_time(npy_read, reps))
     st1 = Store.open(str(root / "store0"))
     fs1 = st1.feature_sets()[0]
     fs1.index()
@@ -113,7 +100,7 @@ def run(n: int = 200, reps: int = 3, grid=(768, 37, 37), batch: int = 16, workdi
             b = order[k : k + batch]
             fs1.patches(b, out=out[: len(b)])
 
-    record("radstore chunked random read (batches of 16)", _median(store1_read, reps))
+    record("radstore chunked random read (batches of 16)", median_time(store1_read, reps))
     shutil.rmtree(root, ignore_errors=True)
     base_w = results["npy per image fp32"]["images_per_s"]
     base_r = results["npy per image random read"]["images_per_s"]
@@ -140,9 +127,7 @@ def main() -> None:
             f"{v['seconds_min']:6.3f}-{v['seconds_max']:6.3f} {b:>10s}"
         )
     print("* MB/s of float32 payload (what the encoder emits), whatever the stored dtype")
-    os.makedirs(args.out, exist_ok=True)
-    path = Path(args.out) / f"{datetime.now(timezone.utc):%Y-%m-%d}-{socket.gethostname()}-store_io.json"
-    path.write_text(json.dumps(res, indent=2))
+    path = write_results("store_io", res, args.out)
     print(f"wrote {path}")
 
 

@@ -7,9 +7,8 @@ Writers buffer validated batches into whole shards and commit each shard as desc
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -43,6 +42,7 @@ class FeatureSetSpec:
     global_dim: int
     preprocessing: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float16"
+    extra_globals: dict[str, int] = field(default_factory=dict)  # more global vectors: name -> dim
     # storage only (not part of the id):
     shard_images: int = 0  # rows per shard = per commit; 0: choose by size (layout.choose_shard_images)
     sharded: bool = True  # False: one chunk object per image, committed in groups of shard_images
@@ -53,6 +53,9 @@ class FeatureSetSpec:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
         if len(self.grid) != 3 or min(self.grid) <= 0:
             raise FeatureSetError(f"grid must be (channels, height, width) > 0, got {self.grid}")
+        for name in self.extra_globals:
+            if name in ("image_id", "row", "shard", "cls", "sha256", "extracted_at") or not name.isidentifier():
+                raise FeatureSetError(f"extra global name {name!r} is reserved or not an identifier")
         if self.global_dim <= 0:
             raise FeatureSetError(f"global_dim must be > 0, got {self.global_dim}")
         if self.dtype not in SUPPORTED_DTYPES:
@@ -73,6 +76,7 @@ class FeatureSetSpec:
             "grid": list(self.grid),
             "global_dim": self.global_dim,
             "dtype": self.dtype,
+            **({"extra_globals": dict(sorted(self.extra_globals.items()))} if self.extra_globals else {}),
         }
 
     @property
@@ -168,8 +172,9 @@ class FeatureSet:
             return list(range(first, first + n))
 
     # -- writing ----------------------------------------------------------------------------
-    def writer(self, *, skip_committed: bool = True, background: bool = True) -> "FeatureSetWriter":
-        return FeatureSetWriter(self, skip_committed=skip_committed, background=background)
+    def writer(self, *, skip_committed: bool = True, background: bool = True, shards: Sequence[int] = ()) -> "FeatureSetWriter":
+        """A writer; ``shards`` are indices a coordinator allocated for it (used first, once each)."""
+        return FeatureSetWriter(self, skip_committed=skip_committed, background=background, shards=shards)
 
     def write_shard(
         self,
@@ -178,6 +183,7 @@ class FeatureSet:
         cls: np.ndarray,
         patches: np.ndarray,
         sha256: Sequence[str | None] | None = None,
+        extras: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Commit one whole shard: grids first (one array call), then the cls part (atomic)."""
         n = len(image_ids)
@@ -191,18 +197,22 @@ class FeatureSet:
         with zarr.config.set(_ZARR_CONFIG):
             arr[start : start + n] = patches
         now = layout.now_ms()
+
+        def vectors(x: np.ndarray, dim: int) -> pa.FixedSizeListArray:
+            return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x, np.float32).reshape(-1)), dim)
+
+        extras = extras or {}
         table = pa.table(
             {
                 "image_id": pa.array(list(image_ids), pa.string()),
                 "row": pa.array(np.arange(start, start + n), pa.int64()),
                 "shard": pa.array(np.full(n, shard), pa.int64()),
-                "cls": pa.FixedSizeListArray.from_arrays(
-                    pa.array(np.ascontiguousarray(cls, np.float32).reshape(-1)), self.spec.global_dim
-                ),
+                "cls": vectors(cls, self.spec.global_dim),
+                **{k: vectors(extras[k][:n], d) for k, d in self.spec.extra_globals.items()},
                 "sha256": pa.array(list(sha256) if sha256 is not None else [None] * n, pa.string()),
                 "extracted_at": pa.array([now] * n, pa.timestamp("ms", tz="UTC")),
             },
-            schema=layout.cls_schema(self.spec.global_dim),
+            schema=self.cls_schema,
         )
         self._commit_cls_part(shard, table)
 
@@ -234,12 +244,16 @@ class FeatureSet:
         return arr
 
     # -- reading ----------------------------------------------------------------------------
+    @property
+    def cls_schema(self) -> pa.Schema:
+        return layout.cls_schema(self.spec.global_dim, self.spec.extra_globals)
+
     def _cls_parts(self) -> list[str]:
         return self.loc.list(layout.CLS_DIR, suffix=".parquet")
 
     def cls(self, columns: list[str] | None = None) -> pa.Table:
         """Committed rows (one per image_id, first commit wins), ordered by row."""
-        schema = layout.cls_schema(self.spec.global_dim)
+        schema = self.cls_schema
         parts = self._cls_parts()
         want = None if columns is None else list(dict.fromkeys(["image_id", "row", *columns]))
         table = self.loc.read_parquet(parts, columns=want, schema=schema)
@@ -254,7 +268,7 @@ class FeatureSet:
         return table
 
     def committed_ids(self) -> set[str]:
-        schema = layout.cls_schema(self.spec.global_dim)
+        schema = self.cls_schema
         t = self.loc.read_parquet(self._cls_parts(), columns=["image_id"], schema=schema)
         return set(t.column("image_id").to_pylist())
 
@@ -401,6 +415,7 @@ class _ShardBuffer:
         s = spec.shard_images
         self.patches = np.empty((s, *spec.grid), dtype=spec.dtype)
         self.cls = np.empty((s, spec.global_dim), dtype=np.float32)
+        self.extras = {k: np.empty((s, d), dtype=np.float32) for k, d in spec.extra_globals.items()}
         self.ids: list[str] = []
         self.sha: list[str | None] = []
         self._p = torch.from_numpy(self.patches)
@@ -410,10 +425,12 @@ class _ShardBuffer:
     def n(self) -> int:
         return len(self.ids)
 
-    def put(self, ids: list[str], sha: list[str | None], cls: torch.Tensor, patches: torch.Tensor) -> None:
+    def put(self, ids: list[str], sha: list[str | None], cls: torch.Tensor, patches: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
         a, b = self.n, self.n + len(ids)
         self._p[a:b].copy_(patches)
         self._c[a:b].copy_(cls)
+        for k, v in extras.items():
+            torch.from_numpy(self.extras[k])[a:b].copy_(v)
         self.ids.extend(ids)
         self.sha.extend(sha)
 
@@ -431,8 +448,9 @@ class FeatureSetWriter:
     leaving the ``with`` block, also on an exception) commits the last, partial shard.
     """
 
-    def __init__(self, fs: FeatureSet, *, skip_committed: bool = True, background: bool = True):
+    def __init__(self, fs: FeatureSet, *, skip_committed: bool = True, background: bool = True, shards: Sequence[int] = ()):
         self.fs = fs
+        self._preallocated = list(shards)
         self.spec = fs.spec
         self.skip = fs.committed_ids() if skip_committed else set()
         self._buffers = [_ShardBuffer(self.spec)] + ([_ShardBuffer(self.spec)] if background else [])
@@ -455,6 +473,7 @@ class FeatureSetWriter:
         cls: Any,
         patches: Any,
         sha256: Sequence[str | None] | None = None,
+        extras: dict[str, Any] | None = None,
     ) -> WriteResult:
         ids = [str(i) for i in image_ids]
         b = len(ids)
@@ -477,9 +496,22 @@ class FeatureSetWriter:
             )
         if sha256 is not None and len(sha256) != b:
             raise FeatureSetError(f"{len(sha256)} sha256 values for {b} image_ids; nothing of this batch was written")
+        extras = extras or {}
+        if set(extras) != set(self.spec.extra_globals):
+            raise FeatureSetError(
+                f"feature set {self.fs.id} expects extra global(s) {sorted(self.spec.extra_globals)}, got {sorted(extras)}; "
+                "nothing of this batch was written"
+            )
+        for k, v in extras.items():
+            if tuple(v.shape) != (b, self.spec.extra_globals[k]):
+                raise FeatureSetError(
+                    f"extra global {k!r} has shape {tuple(v.shape)}, expected ({b}, {self.spec.extra_globals[k]}); "
+                    "nothing of this batch was written"
+                )
         try:
             cls_t = _as_tensor(cls, "cls")
             pat_t = _as_tensor(patches, "patches")
+            ext_t = {k: _as_tensor(v, k) for k, v in extras.items()}
         except _NonFinite as e:
             who = ", ".join(ids[i] for i in e.positions[:5])
             raise FeatureSetError(f"NaN or Inf in the embedding of image_id(s) {who}; nothing of this batch was written") from None
@@ -488,6 +520,7 @@ class FeatureSetWriter:
         if skipped and keep:
             sel = torch.as_tensor(keep, device=pat_t.device)
             cls_t, pat_t = cls_t.index_select(0, sel.to(cls_t.device)), pat_t.index_select(0, sel)
+            ext_t = {k: v.index_select(0, sel.to(v.device)) for k, v in ext_t.items()}
         ids_k = [ids[k] for k in keep]
         sha_k = [(sha256[k] if sha256 is not None else None) for k in keep]
         self.skip.update(ids_k)  # the same id later in this run is a repeat
@@ -496,7 +529,13 @@ class FeatureSetWriter:
         while pos < len(ids_k):
             buf = self._buffers[self._cur]
             take = min(s - buf.n, len(ids_k) - pos)
-            buf.put(ids_k[pos : pos + take], sha_k[pos : pos + take], cls_t[pos : pos + take], pat_t[pos : pos + take])
+            buf.put(
+                ids_k[pos : pos + take],
+                sha_k[pos : pos + take],
+                cls_t[pos : pos + take],
+                pat_t[pos : pos + take],
+                {k: v[pos : pos + take] for k, v in ext_t.items()},
+            )
             pos += take
             if buf.n == s:
                 self._flush()
@@ -507,7 +546,8 @@ class FeatureSetWriter:
         if buf.n == 0:
             return
         self._wait()  # the other buffer's commit must finish before we reuse it next
-        (shard,) = self.fs.allocate_shards(1)
+        # A shard is committed once, by one writer: preallocated ones are used up, then new ones.
+        (shard,) = [self._preallocated.pop(0)] if self._preallocated else self.fs.allocate_shards(1)
         if self._pool is None:
             self._commit(shard, buf)
         else:
@@ -516,7 +556,7 @@ class FeatureSetWriter:
 
     def _commit(self, shard: int, buf: _ShardBuffer) -> None:
         n = buf.n
-        self.fs.write_shard(shard, buf.ids, buf.cls[:n], buf.patches[:n], buf.sha)
+        self.fs.write_shard(shard, buf.ids, buf.cls[:n], buf.patches[:n], buf.sha, {k: v[:n] for k, v in buf.extras.items()})
         self.written += n
         self.shards_committed += 1
         buf.reset()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -58,6 +59,7 @@ DIMENSION_NAMES = ("image", "channel", "y", "x")
 #: Bytes a shard should hold when ``shard_images`` is left to the store (see choose_shard_images).
 TARGET_SHARD_BYTES = 128 * 2**20
 SHARD_MULTIPLE = 16  # the study's batch size: whole batches fill whole shards
+MAX_SHARD_IMAGES = 256  # small grids: keep shards small enough to spread work over workers
 
 IMAGES_SCHEMA = pa.schema(
     [
@@ -94,24 +96,28 @@ REJECTS_SCHEMA = pa.schema(
 )
 
 
-def cls_schema(global_dim: int) -> pa.Schema:
-    """One row per committed image; the embedding is a fixed-size list so DuckDB sees FLOAT[D]."""
+def cls_schema(global_dim: int, extra_globals: dict[str, int] | None = None) -> pa.Schema:
+    """One row per committed image; embeddings are fixed-size lists so DuckDB sees FLOAT[D].
+
+    ``extra_globals`` adds one more vector column per entry (e.g. BiomedCLIP keeps its trunk's
+    768-d [CLS] as ``cls_trunk`` beside the projected 512-d ``cls``).
+    """
+    extras = [(name, pa.list_(pa.float32(), dim)) for name, dim in sorted((extra_globals or {}).items())]
     return pa.schema(
         [
             ("image_id", pa.string()),
             ("row", pa.int64()),
             ("shard", pa.int64()),
             ("cls", pa.list_(pa.float32(), global_dim)),
+            *extras,
             ("sha256", pa.string()),
             ("extracted_at", pa.timestamp("ms", tz="UTC")),
         ]
     )
 
 
-def now_ms() -> "datetime":
+def now_ms() -> datetime:
     """UTC now, truncated to the milliseconds the tables store."""
-    from datetime import datetime, timezone
-
     t = datetime.now(timezone.utc)
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
@@ -134,7 +140,7 @@ def feature_set_id(encoder: str, identity: dict[str, Any]) -> str:
 
 
 def choose_shard_images(grid: tuple[int, int, int], itemsize: int) -> int:
-    """Images per shard: about TARGET_SHARD_BYTES, a multiple of SHARD_MULTIPLE, 16..4096.
+    """Images per shard: about TARGET_SHARD_BYTES, a multiple of SHARD_MULTIPLE, 16..MAX_SHARD_IMAGES.
 
     768x37x37 float16 (2.1 MB an image) gives 64 images (134 MB a shard): a million images
     become ~16k shard objects instead of a million chunk files.
@@ -142,7 +148,7 @@ def choose_shard_images(grid: tuple[int, int, int], itemsize: int) -> int:
     c, h, w = grid
     per_image = c * h * w * itemsize
     n = round(TARGET_SHARD_BYTES / per_image / SHARD_MULTIPLE) * SHARD_MULTIPLE
-    return int(min(4096, max(SHARD_MULTIPLE, n)))
+    return int(min(MAX_SHARD_IMAGES, max(SHARD_MULTIPLE, n)))
 
 
 def check_format_version(found: Any, where: str) -> None:

@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+ENCODER_CHOICES = ("rad-dino", "chexagent", "biomedclip", "pixels", "random-vit")  # featurestore.encoders.ENCODERS
 
 
 def _human(n: float) -> str:
@@ -66,11 +67,11 @@ def cmd_store_info(args: argparse.Namespace) -> int:
     if not s["feature_sets"]:
         print("feature sets none yet (radstore extract ...)")
     else:
-        print(f"{'feature set':32s} {'encoder':12s} {'grid':>12s} {'dim':>5s} {'dtype':>8s} {'images':>7s} {'size':>10s}  labels")
+        print(f"{'feature set':32s} {'encoder':12s} {'grid':>12s} {'dim':>5s} {'dtype':>8s} {'images':>7s} {'size':>10s}  weights")
         for f in s["feature_sets"]:
             print(
                 f"{f['feature_set_id']:32s} {f['encoder']:12s} {f['grid']:>12s} {f['global_dim']:>5d} {f['dtype']:>8s} "
-                f"{f['images']:>7d} {_human(f['bytes']):>10s}  {f['labels'] or ''}"
+                f"{f['images']:>7d} {_human(f['bytes']):>10s}  {f['labels'].get('weights', '')}"
             )
     return EXIT_OK
 
@@ -86,6 +87,39 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
         state = "ok" if not bad else f"{len(bad)} committed image(s) without grid data: {', '.join(bad[:10])}"
         print(f"{fs.id}: {len(fs)} images, {state}")
     return EXIT_OK if bad_total == 0 else EXIT_PARTIAL
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from featurestore.encoders import preflight
+    from featurestore.manifest import load_manifest
+
+    # Fail in one line, before Prefect starts, on what a user must fix (weights, manifest).
+    preflight(args.encoder, args.weights)
+    load_manifest(args.manifest)
+    from flows.extract import run_extraction
+
+    state = run_extraction(
+        args.runner,
+        manifest=args.manifest,
+        store=args.store,
+        encoder=args.encoder,
+        weights=args.weights,
+        size=args.size,
+        bits=args.bits,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+        shard_images=args.shard_images,
+    )
+    out = state.result(raise_on_failure=False)
+    if isinstance(out, BaseException):
+        print(f"error: {out}", file=sys.stderr)
+        return EXIT_ERROR
+    for image_id, reason in out["failed"]:
+        print(f"ERROR image_id={image_id}: {reason}", file=sys.stderr)
+    print(state.message)
+    print(out["feature_set_id"])
+    return EXIT_PARTIAL if out["failed"] else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", required=True, help="store directory or fsspec URL (created if missing)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("extract", help="embed a manifest's images into a feature set (Prefect flow; backfills only what is missing)")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--store", required=True, help="store directory or fsspec URL (created if missing)")
+    s.add_argument("--encoder", required=True, choices=ENCODER_CHOICES)
+    s.add_argument("--weights", default=None, help="model folder, 'random' or 'random:tiny' (default: $RADSTORE_WEIGHTS_DIR/<encoder>, then the HF cache)")
+    s.add_argument("--size", type=int, default=None, help="input resolution (default: the encoder's own); another size is another feature set")
+    s.add_argument("--bits", type=int, choices=(8, 16), default=None, help="quantise to 8 bits (default, as HF processors) or keep 16")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    s.add_argument("--num-workers", type=int, default=1, help="DataLoader processes decoding images (default 1)")
+    s.add_argument("--shard-images", type=int, default=0, help="images per shard of a new feature set (default: by size)")
+    s.add_argument("--runner", default="local", help="local, dask (a LocalCluster) or dask:ADDRESS (an existing cluster)")
+    s.set_defaults(func=cmd_extract)
 
     st = sub.add_parser("store", help="inspect a store").add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
     s = st.add_parser("info", help="images and feature sets with their sizes")

@@ -17,6 +17,16 @@ TINY_GRID = (8, 4, 4)
 TINY_DIM = 6
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_caches(tmp_path_factory):
+    """Tiny random models are saved under RADSTORE_CACHE: keep them out of the user's home."""
+    import os
+
+    os.environ["RADSTORE_CACHE"] = str(tmp_path_factory.mktemp("radstore-cache"))
+    os.environ.pop("RADSTORE_WEIGHTS_DIR", None)
+    yield
+
+
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory) -> Path:
     """Path of the manifest of a 24-image cohort (built once per session)."""

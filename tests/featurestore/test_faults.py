@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from featurestore.store import Store
 from tests.conftest import batch_for

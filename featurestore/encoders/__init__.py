@@ -1,0 +1,67 @@
+"""Encoder adapters: one interface (:class:`~featurestore.encoders.base.Encoder`) for every model.
+
+==============  =============================================  =====  ===========  ==========
+name            model                                          input  global       patches
+==============  =============================================  =====  ===========  ==========
+rad-dino        transformers Dinov2Model (microsoft/rad-dino)  518    768 pooler   37x37x768
+chexagent       transformers SiglipVisionModel (XraySigLIP)    512    1024 attnpool 32x32x1024
+biomedclip      open_clip timm ViT-B/16 (BiomedCLIP)           224    512 proj     14x14x768
+pixels          none: pooled pixels (control)                  512    82 stats     32x32x16
+random-vit      Dinov2Model, random weights, seed 0 (control)  518    768 pooler   37x37x768
+==============  =============================================  =====  ===========  ==========
+"""
+
+from __future__ import annotations
+
+from featurestore.encoders.base import EmbedOutput, Encoder
+from featurestore.encoders.weights import MissingWeightsError, resolve
+
+ENCODERS = ("rad-dino", "chexagent", "biomedclip", "pixels", "random-vit")
+HUB_REPOS = {
+    "rad-dino": "microsoft/rad-dino",
+    "chexagent": "StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli",
+    "biomedclip": "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+}
+
+__all__ = ["ENCODERS", "EmbedOutput", "Encoder", "MissingWeightsError", "load_encoder", "preflight"]
+
+
+def preflight(name: str, weights: str | None = None) -> None:
+    """Raise now (RadstoreError) if ``name`` is unknown or its weights cannot be found offline."""
+    from featurestore.errors import RadstoreError
+
+    if name not in ENCODERS:
+        raise RadstoreError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    if name != "pixels":
+        resolve(name, weights or (None if name != "random-vit" else "random"), HUB_REPOS.get(name))
+
+
+def load_encoder(name: str, weights: str | None = None, size: int | None = None, bits: int | None = None) -> Encoder:
+    """Build encoder ``name`` from offline weights; ``size``/``bits`` override its preprocessing.
+
+    A changed input size or bit depth changes the preprocessing, hence the feature set id: the
+    study's resolution and bit-depth ablations land in distinct feature sets.
+    """
+    from featurestore.errors import RadstoreError
+
+    if name not in ENCODERS:
+        raise RadstoreError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    if name == "pixels":
+        from featurestore.encoders.pixels import PixelsEncoder
+
+        return PixelsEncoder(size=size or 512, bits=bits or 8)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # radstore shows its own progress; keep logs readable
+    if name == "chexagent":
+        from featurestore.encoders.siglip import SiglipEncoder
+
+        return SiglipEncoder.load(name, resolve(name, weights, HUB_REPOS[name]), size=size or 512, bits=bits or 8)
+    if name == "biomedclip":
+        from featurestore.encoders.openclip import OpenClipEncoder
+
+        return OpenClipEncoder.load(name, resolve(name, weights, HUB_REPOS[name]), size=size, bits=bits or 8)
+    from featurestore.encoders.dinov2 import Dinov2Encoder
+
+    default = None if name == "rad-dino" else "random"
+    return Dinov2Encoder.load(name, resolve(name, weights or default, HUB_REPOS.get(name)), size=size or 518, bits=bits or 8)

@@ -1,0 +1,70 @@
+"""RAD-DINO and the random ViT control: transformers ``Dinov2Model`` (ViT-B/14 at 518).
+
+As on the ``microsoft/rad-dino`` model card: shortest edge to 518 (bicubic), centre crop 518,
+rescale 1/255, mean 0.5307 / std 0.2583 on 3 channels. Global = ``pooler_output`` (the
+layer-normed [CLS]); patches = ``last_hidden_state`` after [CLS] (and after any register
+tokens, for ``Dinov2WithRegistersModel`` configs) as a 37x37 grid of 768-d tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from featurestore.encoders.base import EmbedOutput, Encoder
+from featurestore.encoders.preprocess import Preprocessing
+from featurestore.encoders.weights import WeightsSource, cache_dir
+
+RAD_DINO_PREPROCESSING = Preprocessing(size=518, mean=(0.5307,) * 3, std=(0.2583,) * 3, resize="shortest_edge_crop")
+
+
+def _tiny_config():
+    from transformers import Dinov2Config
+
+    return Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=518, patch_size=14)
+
+
+def _full_config():
+    from transformers import Dinov2Config
+
+    return Dinov2Config(image_size=518, patch_size=14)  # ViT-B/14: 768 wide, 12 layers, 12 heads
+
+
+def build_random(kind: str, name: str, seed: int = 0) -> str:
+    """Save a randomly initialised model of the real class; return the folder to load from."""
+    from transformers import Dinov2Model
+
+    folder = cache_dir() / kind.replace(":", "-") / f"{name}-seed{seed}"
+    if not (folder / "config.json").exists():
+        torch.manual_seed(seed)
+        model = Dinov2Model(_tiny_config() if kind == "random:tiny" else _full_config()).eval()
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(folder)
+    return str(folder)
+
+
+class Dinov2Encoder(Encoder):
+    def __init__(self, name: str, model, size: int = 518, bits: int = 8, weights_label: str = "unknown"):
+        config = model.config
+        self.model = self.module = model.eval()
+        self.name = name
+        self.preprocessing = RAD_DINO_PREPROCESSING.with_overrides(size=size, bits=bits)
+        self.registers = int(getattr(config, "num_register_tokens", 0) or 0)
+        side = self.preprocessing.size // config.patch_size
+        self.grid = (config.hidden_size, side, side)
+        self.global_dim = config.hidden_size
+        self.labels = {"weights": weights_label, "model_class": type(model).__name__}
+        self.extra_globals = {}
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def load(cls, name: str, source: WeightsSource, size: int = 518, bits: int = 8) -> "Dinov2Encoder":
+        from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel
+
+        folder = str(source.path) if source.path else build_random(source.kind, name)
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        model_cls = Dinov2WithRegistersModel if getattr(config, "num_register_tokens", 0) else Dinov2Model
+        return cls(name, model_cls.from_pretrained(folder, local_files_only=True), size, bits, source.label)
+
+    def embed(self, batch: torch.Tensor) -> EmbedOutput:
+        out = self.model(pixel_values=batch)
+        return EmbedOutput(global_=out.pooler_output, patches=self.to_grid(out.last_hidden_state[:, 1 + self.registers :]))

@@ -1,0 +1,117 @@
+"""BiomedCLIP through open_clip (timm ``vit_base_patch16_224`` image tower), image tower only.
+
+224x224 (shortest edge resize + centre crop, as open_clip's eval transform), OpenAI CLIP
+mean/std. Global = the projected 512-d image embedding (``visual(x)``, what ``encode_image``
+returns before normalisation); the trunk's 768-d [CLS] is kept as the extra global
+``cls_trunk``; patches = ``visual.trunk.forward_features(x)[:, 1:]`` as 14x14x768.
+
+Offline: BiomedCLIP's hub config builds its text tower from a Hugging Face config that needs
+the network, so radstore builds only the image tower from ``open_clip_config.json``
+(open_clip's own ``_build_vision_tower``) and loads the ``visual.*`` weights of the local
+checkpoint. Extraction never needs the text tower.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from featurestore.encoders.base import EmbedOutput, Encoder
+from featurestore.encoders.preprocess import Preprocessing
+from featurestore.encoders.weights import WeightsSource, cache_dir
+
+HUB_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def tiny_model_cfg(text_config_dir: str | None = None) -> dict:
+    """A BiomedCLIP-shaped config: timm ViT image tower + HF text tower, tiny."""
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+    }
+    if text_config_dir:
+        cfg["text_cfg"] = {"hf_model_name": text_config_dir, "hf_tokenizer_name": text_config_dir, "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 16}
+    return cfg
+
+
+def build_random(kind: str, name: str, seed: int = 0) -> str:
+    """Write an open_clip folder (``open_clip_config.json`` + weights) with random weights."""
+    from open_clip.model import _build_vision_tower
+
+    folder = cache_dir() / kind.replace(":", "-") / f"{name}-seed{seed}"
+    if not (folder / "open_clip_config.json").exists():
+        torch.manual_seed(seed)
+        if kind == "random:tiny":
+            model_cfg = tiny_model_cfg()
+        else:
+            model_cfg = {"embed_dim": 512, "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear", "image_size": 224}}
+        visual = _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"])
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({f"visual.{k}": v for k, v in visual.state_dict().items()}, folder / "open_clip_pytorch_model.bin")
+        cfg = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)}}
+        (folder / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    return str(folder)
+
+
+def load_visual(folder: Path) -> tuple[torch.nn.Module, dict]:
+    """open_clip's image tower from a local folder, without touching the text tower."""
+    from open_clip.factory import _find_checkpoint_in_dir, load_state_dict
+    from open_clip.model import _build_vision_tower
+
+    cfg_path = folder / "open_clip_config.json"
+    if not cfg_path.exists():
+        from featurestore.encoders.weights import MissingWeightsError
+
+        raise MissingWeightsError(f"{folder} has no open_clip_config.json: not an open_clip model folder")
+    cfg = json.loads(cfg_path.read_text())
+    model_cfg = cfg["model_cfg"]
+    ckpt = _find_checkpoint_in_dir(folder)
+    if ckpt is None:
+        from featurestore.encoders.weights import MissingWeightsError
+
+        raise MissingWeightsError(f"{folder} has no checkpoint (*.safetensors, *.bin, *.pth)")
+    visual = _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"])
+    state = load_state_dict(ckpt)
+    vis = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
+    visual.load_state_dict(vis, strict=True)
+    return visual.eval(), cfg
+
+
+class OpenClipEncoder(Encoder):
+    def __init__(self, name: str, visual: torch.nn.Module, embed_dim: int, size: int = 224, bits: int = 8,
+                 mean=OPENAI_MEAN, std=OPENAI_STD, weights_label: str = "unknown"):
+        self.visual = self.module = visual.eval()
+        self.name = name
+        self.preprocessing = Preprocessing(size=size, mean=mean, std=std, resize="shortest_edge_crop", bits=bits)
+        trunk = self.visual.trunk
+        width = trunk.embed_dim
+        ph, pw = trunk.patch_embed.patch_size
+        self.grid = (width, size // ph, size // pw)
+        self.global_dim = int(embed_dim)
+        self.extra_globals = {"cls_trunk": width}
+        self.prefix_tokens = int(getattr(trunk, "num_prefix_tokens", 1))
+        self.labels = {"weights": weights_label, "model_class": f"open_clip {type(self.visual).__name__}/{type(trunk).__name__}"}
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def load(cls, name: str, source: WeightsSource, size: int | None = None, bits: int = 8) -> "OpenClipEncoder":
+        folder = Path(source.path) if source.path else Path(build_random(source.kind, name))
+        visual, cfg = load_visual(folder)
+        native = int(cfg["model_cfg"]["vision_cfg"].get("image_size", 224))
+        if size not in (None, native):
+            from featurestore.errors import RadstoreError
+
+            raise RadstoreError(f"{name}: the timm tower has fixed {native}x{native} position embeddings; --size {size} is not supported")
+        pre = cfg.get("preprocess_cfg", {})
+        return cls(name, visual, cfg["model_cfg"]["embed_dim"], native, bits,
+                   tuple(pre.get("mean", OPENAI_MEAN)), tuple(pre.get("std", OPENAI_STD)), source.label)
+
+    def embed(self, batch: torch.Tensor) -> EmbedOutput:
+        tokens = self.visual.trunk.forward_features(batch)  # [B, 1 + N, C], after the final norm
+        # visual(x) = head(trunk(x)); with pool '' the trunk's forward_head takes token 0.
+        projected = self.visual.head(self.visual.trunk.forward_head(tokens))
+        return EmbedOutput(global_=projected, patches=self.to_grid(tokens[:, self.prefix_tokens :]), extras={"cls_trunk": tokens[:, 0]})

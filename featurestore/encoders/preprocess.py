@@ -1,0 +1,77 @@
+"""Encoder input preprocessing: part of a feature set's identity.
+
+Input is the reader's float32 [0, 1] greyscale image. Steps, each a field of
+:class:`Preprocessing`: optional 8-bit quantisation (``bits=8`` reproduces what a Hugging Face
+image processor sees when fed an 8-bit export; ``bits=16`` keeps the full depth), resize
+(``shortest_edge_crop``: shortest edge to ``resize_to`` then centre crop ``size``, as
+RAD-DINO's processor; ``squash``: plain resize to ``size`` x ``size``, as the study ran
+CheXagent), bicubic with antialiasing, replication to 3 channels, normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+RESIZE_MODES = ("shortest_edge_crop", "squash")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "shortest_edge_crop"
+    resize_to: int | None = None  # shortest edge before the crop; default: size
+    interpolation: str = "bicubic"
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.bits not in (8, 16):
+            raise ValueError(f"bits must be 8 or 16, got {self.bits}")
+        if self.size < 8:
+            raise ValueError(f"input size {self.size} is too small")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def with_overrides(self, size: int | None = None, bits: int | None = None) -> "Preprocessing":
+        """The study's ablations: another input resolution or bit depth is another feature set."""
+        out = self
+        if size is not None and size != self.size:
+            # Keep the resize/crop ratio: RAD-DINO resizes the shortest edge to the crop size.
+            ratio = (self.resize_to or self.size) / self.size
+            out = replace(out, size=size, resize_to=round(size * ratio) if self.resize_to else None)
+        if bits is not None:
+            out = replace(out, bits=bits)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        """[H, W] float in [0, 1] -> normalised [3, size, size] float32."""
+        t = torch.as_tensor(pixels, dtype=torch.float32)[None, None]
+        if self.bits == 8:
+            t = torch.round(t * 255.0) / 255.0
+        h, w = t.shape[-2:]
+        if self.resize == "squash":
+            t = F.interpolate(t, size=(self.size, self.size), mode=self.interpolation, antialias=True, align_corners=False)
+        else:
+            edge = self.resize_to or self.size
+            scale = edge / min(h, w)
+            nh, nw = max(edge, round(h * scale)), max(edge, round(w * scale))
+            t = F.interpolate(t, size=(nh, nw), mode=self.interpolation, antialias=True, align_corners=False)
+            top, left = (nh - self.size) // 2, (nw - self.size) // 2
+            t = t[..., top : top + self.size, left : left + self.size]
+        t = t.clamp_(0.0, 1.0)[0].expand(3, -1, -1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return ((t - mean) / std).contiguous()

@@ -1,0 +1,13 @@
+"""Prefect defaults that make a fresh machine work; imported before prefect itself.
+
+Measured here (shared/measurements.md): the first flow run on a fresh PREFECT_HOME needs ~23 s
+to create its database, beyond Prefect's default 20 s ephemeral-server timeout; analytics
+only log errors on an offline machine. A user's own settings always win (setdefault).
+"""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+os.environ.setdefault("DO_NOT_TRACK", "1")
