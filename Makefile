@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --seed 0 --preview
 	$(VENV)/bin/radstore ingest --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store
-	$(VENV)/bin/radstore extract --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store --encoder pixels
+	$(VENV)/bin/radstore extract --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store --encoder pixels | tee $(DEMO_DIR)/pixels.out
+	$(VENV)/bin/radstore train --store $(DEMO_DIR)/store --feature-set $$(tail -n 1 $(DEMO_DIR)/pixels.out) --task all --head all \
+		--lr 1e-3 --max-epochs 40 --patience 8 --target-size 64 --small-refiner
+	$(VENV)/bin/radstore runs --store $(DEMO_DIR)/store
 	@echo "*** rad-dino with RANDOM TINY weights (no model hub here); put real weights in \$$RADSTORE_WEIGHTS_DIR/rad-dino ***"
 	$(VENV)/bin/radstore extract --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store --encoder rad-dino --weights random:tiny
 	$(VENV)/bin/radstore store info $(DEMO_DIR)/store
@@ -39,6 +42,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.store_io
 	$(PY) -m benchmarks.extraction
+	$(PY) -m benchmarks.training
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -328,6 +328,20 @@ class FeatureSet:
                 )
         return out
 
+    def read_span(self, rows: np.ndarray) -> np.ndarray:
+        """Grids of ``rows`` that lie close together (one shard): one slice read, then a take.
+
+        A whole-shard slice is decoded in one call, several times faster than one read per row.
+        """
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        arr = self._array_for_rows(hi)
+        with zarr.config.set(_ZARR_CONFIG):
+            block = arr[lo:hi]
+        out = block[rows - lo] if len(rows) != hi - lo or not np.array_equal(rows, np.arange(lo, hi)) else block
+        if np.isnan(out[:, 0, 0, 0]).any():
+            raise StoreCorruptionError(f"feature set {self.id}: committed grid(s) missing in rows {lo}..{hi - 1}; run `radstore store verify`")
+        return out
+
     def to_xarray(self):
         """Lazy ``xarray.Dataset``: ``patches`` (dask, one chunk per shard) and ``cls``, committed rows only."""
         import xarray as xr

@@ -109,8 +109,10 @@ def ingest(manifest_url: str, store: Store, *, workers: int = 0, progress: bool 
 
     now = layout.now_ms()
     if added:
+        manifest_uri = manifest.url if "://" in manifest.url else os.path.abspath(manifest.url)
         for a in added:
             a["ingested_at"] = now
+            a["manifest"] = manifest_uri
         store.append_images(pa.Table.from_pylist(added))
     if report.failed:
         for iid, path, reason in report.failed:

@@ -75,6 +75,7 @@ IMAGES_SCHEMA = pa.schema(
         ("bits_stored", pa.int16()),
         ("photometric", pa.string()),
         ("ingested_at", pa.timestamp("ms", tz="UTC")),
+        ("manifest", pa.string()),  # the manifest it came from: training joins labels and masks there
     ]
 )
 

@@ -122,6 +122,52 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if out["failed"] else EXIT_OK
 
 
+def _train_config(args: argparse.Namespace) -> dict:
+    cfg = {"seed": args.seed, "lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience,
+           "batch_size": args.batch_size, "seg_loss": args.seg_loss, "target_size": args.target_size,
+           "device": args.device, "folds": args.folds}
+    if args.small_refiner:
+        cfg.update(refiner_channels=(32, 16), attn_size=32)
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from featurestore.store import Store
+    from heads.tasks import HEADS, TASKS, get_task
+
+    store = Store.open(args.store)
+    store.feature_set(args.feature_set)  # fail now, in one line, on a wrong id
+    tasks = list(TASKS) if args.task == "all" else [get_task(args.task).name]
+    heads = list(HEADS) if args.head == "all" else [args.head]
+    folds = list(range(args.folds)) if args.fold == "all" else [None if args.fold is None else int(args.fold)]
+    if len(tasks) * len(heads) * len(folds) == 1:
+        from flows.train import train_head
+        from heads.train import TrainConfig
+
+        TrainConfig(task=tasks[0], head=heads[0])  # validate before Prefect starts
+        run_id = train_head(args.store, args.feature_set, tasks[0], heads[0], args.manifest, {**_train_config(args), "fold": folds[0]})
+        print(run_id)
+        return EXIT_OK
+    from flows.train import train_grid
+
+    for run_id in train_grid(args.store, args.feature_set, tasks, heads, folds if folds != [None] else None, args.manifest, _train_config(args)):
+        print(run_id)
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from featurestore.store import Store
+    from heads.runs import list_runs
+
+    runs = list_runs(Store.open(args.store))
+    if not runs:
+        print("no runs yet (radstore train ...)")
+    for r in sorted(runs, key=lambda r: r["created_at"]):
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in r["test_metrics"].items())
+        print(f"{r['run_id']}  epochs={r['epochs']} best={r['best_epoch']}  {metrics}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radstore", description="Embedding feature store and evaluation pipeline for radiology foundation models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -162,6 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-images", type=int, default=0, help="images per shard of a new feature set (default: by size)")
     s.add_argument("--runner", default="local", help="local, dask (a LocalCluster) or dask:ADDRESS (an existing cluster)")
     s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("train", help="train heads on a feature set, streaming from the store (Prefect flow); prints run ids")
+    s.add_argument("--store", required=True)
+    s.add_argument("--feature-set", required=True, help="feature set id (radstore store info lists them)")
+    s.add_argument("--task", required=True, help="pneumothorax-cls, cardiomegaly-cls, ctr-reg, pneumothorax-seg, heart-seg, or all")
+    s.add_argument("--head", default="linear", choices=("linear", "cross-attention", "all"))
+    s.add_argument("--manifest", default=None, help="labels and masks (default: the manifest(s) the images were ingested from)")
+    s.add_argument("--fold", default=None, help="k-fold by patient: a fold number or 'all' (default: the manifest's split)")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--max-epochs", type=int, default=500)
+    s.add_argument("--patience", type=int, default=5)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--seg-loss", default="bce", choices=("bce", "dice+bce"))
+    s.add_argument("--target-size", type=int, default=128, help="segmentation target resolution")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    s.add_argument("--small-refiner", action="store_true", help="cross-attention refiner 32/16 channels at 32x32 (CPU demos)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("runs", help="list the training runs in a store")
+    s.add_argument("--store", required=True)
+    s.set_defaults(func=cmd_runs)
 
     st = sub.add_parser("store", help="inspect a store").add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
     s = st.add_parser("info", help="images and feature sets with their sizes")

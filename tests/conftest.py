@@ -48,3 +48,18 @@ def embedding_for(image_id: str, grid=TINY_GRID, dim=TINY_DIM) -> tuple[np.ndarr
 def batch_for(ids, grid=TINY_GRID, dim=TINY_DIM) -> tuple[np.ndarray, np.ndarray]:
     pairs = [embedding_for(i, grid, dim) for i in ids]
     return np.stack([c for c, _ in pairs]), np.stack([p for _, p in pairs])
+
+
+@pytest.fixture(scope="session")
+def pixels_store(cohort, tmp_path_factory):
+    """(store url, feature set id, manifest) of the cohort ingested and extracted with ``pixels``
+    in shards of 16 images (so the 24 images span two shards)."""
+    from featurestore.extract import ExtractConfig, extract
+    from featurestore.ingest import ingest
+    from featurestore.store import Store
+
+    url = str(tmp_path_factory.mktemp("pixels-store") / "store")
+    store = Store.open(url, create=True)
+    ingest(str(cohort), store, progress=False)
+    r = extract(str(cohort), store, ExtractConfig("pixels", progress=False, num_workers=0, shard_images=16))
+    return url, r.feature_set_id, str(cohort)

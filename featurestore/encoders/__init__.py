@@ -6,7 +6,7 @@ name            model                                          input  global    
 rad-dino        transformers Dinov2Model (microsoft/rad-dino)  518    768 pooler   37x37x768
 chexagent       transformers SiglipVisionModel (XraySigLIP)    512    1024 attnpool 32x32x1024
 biomedclip      open_clip timm ViT-B/16 (BiomedCLIP)           224    512 proj     14x14x768
-pixels          none: pooled pixels (control)                  512    82 stats     32x32x16
+pixels          none: pooled pixels (control)                  512    274 stats    32x32x16
 random-vit      Dinov2Model, random weights, seed 0 (control)  518    768 pooler   37x37x768
 ==============  =============================================  =====  ===========  ==========
 """

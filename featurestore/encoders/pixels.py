@@ -2,7 +2,7 @@
 
 The preprocessed image (512x512 by default) is cut into a grid of 32x32 patches of 16x16
 pixels; each patch, average-pooled to 4x4, gives 16 channels. The global embedding is coarse
-image statistics: the image average-pooled to 8x8 (64), a 16-bin histogram, mean and std.
+image statistics: the image average-pooled to 16x16 (256), a 16-bin histogram, mean and std.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class PixelsEncoder(Encoder):
         self.preprocessing = Preprocessing(size=size, mean=(0.5,) * 3, std=(0.5,) * 3, resize="squash", bits=bits)
         side = size // PATCH
         self.grid = (POOLED * POOLED, side, side)
-        self.global_dim = 64 + 16 + 2
+        self.global_dim = 16 * 16 + 16 + 2
         self.labels = {"weights": "none (deterministic control)"}
         self.extra_globals = {}
         self.device = torch.device("cpu")
@@ -34,7 +34,7 @@ class PixelsEncoder(Encoder):
         side = s // PATCH
         pooled = F.avg_pool2d(x, PATCH // POOLED)  # [B, 1, side*4, side*4]
         patches = pooled.reshape(b, side, POOLED, side, POOLED).permute(0, 2, 4, 1, 3).reshape(b, POOLED * POOLED, side, side)
-        coarse = F.adaptive_avg_pool2d(x, 8).reshape(b, 64)
+        coarse = F.adaptive_avg_pool2d(x, 16).reshape(b, 256)
         v = x.reshape(b, -1)
         lo, hi = -1.0, 1.0  # the normalised range of [0, 1] input with mean/std 0.5
         hist = torch.stack([torch.histc(row, bins=16, min=lo, max=hi) for row in v]) / v.shape[1]

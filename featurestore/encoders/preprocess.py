@@ -56,22 +56,30 @@ class Preprocessing:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
+    def geometry(self, t: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        """The resize/crop alone, on [N, C, H, W]: masks go through the same geometry as images."""
+        h, w = t.shape[-2:]
+        aa = mode in ("bilinear", "bicubic")
+        if self.resize == "squash":
+            return F.interpolate(t, size=(self.size, self.size), mode=mode, antialias=aa, align_corners=False if aa else None)
+        edge = self.resize_to or self.size
+        scale = edge / min(h, w)
+        nh, nw = max(edge, round(h * scale)), max(edge, round(w * scale))
+        t = F.interpolate(t, size=(nh, nw), mode=mode, antialias=aa, align_corners=False if aa else None)
+        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        return t[..., top : top + self.size, left : left + self.size]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Preprocessing":
+        keys = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in d.items() if k in keys})
+
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         """[H, W] float in [0, 1] -> normalised [3, size, size] float32."""
         t = torch.as_tensor(pixels, dtype=torch.float32)[None, None]
         if self.bits == 8:
             t = torch.round(t * 255.0) / 255.0
-        h, w = t.shape[-2:]
-        if self.resize == "squash":
-            t = F.interpolate(t, size=(self.size, self.size), mode=self.interpolation, antialias=True, align_corners=False)
-        else:
-            edge = self.resize_to or self.size
-            scale = edge / min(h, w)
-            nh, nw = max(edge, round(h * scale)), max(edge, round(w * scale))
-            t = F.interpolate(t, size=(nh, nw), mode=self.interpolation, antialias=True, align_corners=False)
-            top, left = (nh - self.size) // 2, (nw - self.size) // 2
-            t = t[..., top : top + self.size, left : left + self.size]
-        t = t.clamp_(0.0, 1.0)[0].expand(3, -1, -1)
+        t = self.geometry(t, self.interpolation).clamp_(0.0, 1.0)[0].expand(3, -1, -1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return ((t - mean) / std).contiguous()

@@ -107,7 +107,7 @@ def test_pixels_control_is_pooled_pixels(images):
     enc = PixelsEncoder()
     x = _batch(enc, images)
     out = enc.embed(x)
-    assert out.patches.shape == (2, 16, 32, 32) and out.global_.shape == (2, 82)
+    assert out.patches.shape == (2, 16, 32, 32) and out.global_.shape == (2, 274)
     img = x[0, 0].numpy()
     # Patch (row 3, col 5), channel (1, 2): the 4x4 block at that position inside the 16x16 patch.
     block = img[3 * 16 + 1 * 4 : 3 * 16 + 2 * 4, 5 * 16 + 2 * 4 : 5 * 16 + 3 * 4].mean()

@@ -1,0 +1,287 @@
+"""Training data streamed from the store: labels and masks joined by image_id from the manifest.
+
+:class:`StreamingLoader` reads a feature set shard by shard in shuffled order; each shard's
+global embeddings come from its ``cls`` Parquet part and its grids from the Zarr shard. Rows
+go into a shuffle buffer of ``buffer_images`` and leave it in batches, so memory is bounded by
+``buffer_images + (1 + prefetch) * shard_images`` rows whatever the cohort size (``max_buffered`` records the
+peak). ``in_memory=True`` loads the split once instead: the baseline the benchmarks compare
+against.
+
+Segmentation targets are the manifest's mask PNGs put through the feature set's own
+preprocessing geometry (resize / crop, so a pixel of the target lines up with the grid) and
+resized to ``target_size``; they are cached once per (feature set, mask column, size) as a
+memory-mapped uint8 array under ``$RADSTORE_CACHE/targets``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+
+from featurestore.encoders.preprocess import Preprocessing
+from featurestore.encoders.weights import cache_dir
+from featurestore.errors import RadstoreError
+from featurestore.featureset import FeatureSet
+from featurestore.imageio import read_image
+from featurestore.manifest import load_manifest
+from featurestore.store import Store
+from heads.tasks import TaskDef
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Labels:
+    """The labelled images of one task: ids, patient ids, split, and the label or mask path."""
+
+    image_ids: list[str]
+    patients: list[str]
+    splits: list[str]
+    values: np.ndarray  # float labels, or (segmentation) nothing useful
+    mask_uris: list[str] | None
+
+    def subset(self, idx: np.ndarray) -> "Labels":
+        return Labels(
+            [self.image_ids[i] for i in idx],
+            [self.patients[i] for i in idx],
+            [self.splits[i] for i in idx],
+            self.values[idx],
+            None if self.mask_uris is None else [self.mask_uris[i] for i in idx],
+        )
+
+
+def manifests_of(store: Store) -> list[str]:
+    t = store.images()
+    if t.num_rows == 0 or "manifest" not in t.column_names:
+        return []
+    return sorted({m for m in t.column("manifest").to_pylist() if m})
+
+
+def load_labels(task: TaskDef, fs: FeatureSet, manifest: str | list[str] | None, store: Store) -> Labels:
+    """Join the task's label column with the committed images of the feature set."""
+    urls = [manifest] if isinstance(manifest, str) else (manifest or manifests_of(store))
+    if not urls:
+        raise RadstoreError(
+            f"no manifest to take labels for {task.name} from: pass --manifest, or ingest the cohort into {store.url} first"
+        )
+    committed = fs.index()
+    ids, patients, splits, values, masks = [], [], [], [], []
+    seen: set[str] = set()
+    for url in urls:
+        m = load_manifest(url, required=("image_id", task.column))
+        cols = [c for c in ("image_id", "patient_id", "split", task.column) if c in m.table.column_names]
+        for r in m.table.select(cols).to_pylist():
+            i = r["image_id"]
+            if i in seen or i not in committed or r[task.column] is None:
+                continue
+            seen.add(i)
+            ids.append(i)
+            patients.append(r.get("patient_id") or i)
+            splits.append(r.get("split") or "train")
+            if task.kind == "segmentation":
+                values.append(0.0)
+                masks.append(m.resolve(r[task.column]))
+            else:
+                v = float(r[task.column])
+                if not np.isfinite(v):
+                    raise RadstoreError(f"image_id={i}: label {task.column}={v} is not finite in {url}")
+                values.append(v)
+    if not ids:
+        raise RadstoreError(f"no image of feature set {fs.id} has a {task.column!r} label in {', '.join(urls)}")
+    return Labels(ids, patients, splits, np.asarray(values, np.float32), masks if task.kind == "segmentation" else None)
+
+
+def split_indices(labels: Labels, fold: int | None, folds: int, seed: int) -> dict[str, np.ndarray]:
+    """The manifest's split, or fold ``fold`` of ``folds`` by patient (test = fold, val = next)."""
+    if fold is None:
+        out = {s: np.flatnonzero(np.array(labels.splits) == s) for s in SPLITS}
+    else:
+        if not 0 <= fold < folds:
+            raise RadstoreError(f"fold {fold} is outside 0..{folds - 1}")
+        patients = sorted(set(labels.patients))
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(patients))
+        fold_of = {patients[p]: k % folds for k, p in enumerate(order)}
+        f = np.array([fold_of[p] for p in labels.patients])
+        out = {"test": np.flatnonzero(f == fold), "val": np.flatnonzero(f == (fold + 1) % folds)}
+        out["train"] = np.flatnonzero((f != fold) & (f != (fold + 1) % folds))
+    for s in SPLITS:
+        if len(out[s]) == 0:
+            raise RadstoreError(f"the {s} split is empty ({len(labels.image_ids)} labelled images); check the manifest's split column")
+    return out
+
+
+def mask_targets(fs: FeatureSet, labels: Labels, target_size: int, column: str, progress: bool = False) -> np.ndarray:
+    """uint8 [N, T, T] masks aligned with ``labels.image_ids``, cached as a memmap."""
+    from tqdm import tqdm
+
+    pre = Preprocessing.from_json(fs.spec.preprocessing)
+    key = hashlib.sha256("\n".join([fs.id, column, str(target_size), *labels.image_ids, *labels.mask_uris]).encode()).hexdigest()[:16]
+    path = Path(cache_dir()) / "targets" / f"{fs.id}-{column}-{target_size}-{key}.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{np.random.default_rng().integers(1 << 30)}.partial.npy")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(labels.image_ids), target_size, target_size))
+
+    def one(i: int) -> None:
+        m = torch.from_numpy(read_image(labels.mask_uris[i]).pixels)[None, None]
+        m = pre.geometry((m > 0.5).float(), "bilinear")
+        m = F.interpolate(m, size=(target_size, target_size), mode="area")
+        arr[i] = (m[0, 0] > 0.5).numpy().astype(np.uint8)
+
+    with ThreadPoolExecutor(4) as ex:
+        list(tqdm(ex.map(one, range(len(labels.image_ids))), total=len(labels.image_ids), desc=f"targets {column}", disable=not progress))
+    arr.flush()
+    tmp.replace(path)  # atomic: a half-built cache is never picked up
+    return np.load(path, mmap_mode="r")
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    g: torch.Tensor | None  # [B, D] float32
+    patches: torch.Tensor | None  # [B, C, H, W] float32
+    y: torch.Tensor  # [B] float or [B, T, T] float
+
+
+class StreamingLoader:
+    """Batches of (global, patches, y) for ``image_ids``, streamed shard by shard (see module doc)."""
+
+    def __init__(
+        self,
+        fs: FeatureSet,
+        image_ids: list[str],
+        y: np.ndarray,
+        *,
+        batch_size: int = 16,
+        shuffle: bool = False,
+        seed: int = 0,
+        buffer_images: int = 256,
+        need_global: bool = True,
+        need_patches: bool = False,
+        in_memory: bool = False,
+        prefetch: int = 1,
+    ):
+        if len(image_ids) != len(y):
+            raise ValueError("image_ids and y differ in length")
+        self.fs = fs
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.buffer_images = max(buffer_images, batch_size)
+        self.need_global = need_global
+        self.need_patches = need_patches
+        self.y = y
+        self.max_buffered = 0
+        self.prefetch = max(1, prefetch)
+        idx = fs.cls(columns=["image_id", "row", "shard"])
+        pos = {i: k for k, i in enumerate(image_ids)}
+        keep = pc.is_in(idx.column("image_id"), pa.array(image_ids))
+        idx = idx.filter(keep)
+        self.ids = idx.column("image_id").to_pylist()
+        if len(self.ids) != len(image_ids):
+            missing = sorted(set(image_ids) - set(self.ids))[:5]
+            raise RadstoreError(f"{len(image_ids) - len(self.ids)} image(s) have no embedding in {fs.id}, e.g. {missing}")
+        self.rows = idx.column("row").to_numpy()
+        self.shards = idx.column("shard").to_numpy()
+        self.ypos = np.fromiter((pos[i] for i in self.ids), np.int64, len(self.ids))
+        parts = {}
+        for p in fs._cls_parts():
+            parts.setdefault(int(p.rsplit("/", 1)[-1].split("-")[1]), p)
+        self.parts = parts
+        self._memory = self._read(np.arange(len(self.ids))) if in_memory else None
+
+    def __len__(self) -> int:
+        return -(-len(self.ids) // self.batch_size)
+
+    def _read(self, sel: np.ndarray) -> dict:
+        """Rows ``sel`` (positions in self.ids) of one shard or of everything."""
+        out = {"pos": sel}
+        if self.need_patches:
+            rows = self.rows[sel]
+            # A shard's rows are contiguous: read them as one slice when they are one shard.
+            one_shard = len(np.unique(self.shards[sel])) == 1
+            out["patches"] = self.fs.read_span(rows) if one_shard else self.fs.read_rows(rows)
+        if self.need_global:
+            ids = [self.ids[i] for i in sel]
+            shards = np.unique(self.shards[sel])
+            t = self.fs.loc.read_parquet([self.parts[s] for s in shards], columns=["image_id", "cls"], schema=self.fs.cls_schema)
+            where = {i: k for k, i in enumerate(t.column("image_id").to_pylist())}
+            flat = t.column("cls").combine_chunks().flatten().to_numpy().reshape(t.num_rows, self.fs.spec.global_dim)
+            out["g"] = flat[[where[i] for i in ids]]
+        return out
+
+    def _emit(self, chunks: list[dict], owner: np.ndarray, local: np.ndarray) -> Batch:
+        """A batch gathered from buffered shard chunks: item j is chunks[owner[j]] row local[j]."""
+
+        def gather(key):
+            parts = [chunks[o][key][local[owner == o]] for o in np.unique(owner)]
+            order = np.argsort(np.argsort(owner, kind="stable"), kind="stable")  # back to batch order
+            return np.concatenate(parts)[order] if len(parts) > 1 else parts[0]
+
+        pos = gather("pos")
+        y = self.y[self.ypos[pos]]
+        return Batch(
+            ids=[self.ids[p] for p in pos],
+            g=torch.from_numpy(np.ascontiguousarray(gather("g"), np.float32)) if "g" in chunks[owner[0]] else None,
+            # float16 -> float32 in torch: numpy's cast is several times slower
+            patches=torch.from_numpy(np.ascontiguousarray(gather("patches"))).float() if "patches" in chunks[owner[0]] else None,
+            y=torch.from_numpy(np.asarray(y, np.float32)),
+        )
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        if self._memory is not None:
+            order = rng.permutation(len(self.ids)) if self.shuffle else np.arange(len(self.ids))
+            for k in range(0, len(order), self.batch_size):
+                take = order[k : k + self.batch_size]
+                yield self._emit([self._memory], np.zeros(len(take), np.int64), take)
+            return
+        shard_ids = np.unique(self.shards)
+        if self.shuffle:
+            shard_ids = rng.permutation(shard_ids)
+        # The buffer: shard chunks as read (no copying), and (chunk, row) of each waiting item.
+        chunks: dict[int, dict] = {}
+        owner = np.empty(0, np.int64)
+        local = np.empty(0, np.int64)
+        low = self.buffer_images // 2 if self.shuffle else 0
+        # Read ahead: the next shards load in a thread while the caller computes on this batch.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="radstore-prefetch")
+        ahead = [pool.submit(self._read, np.flatnonzero(self.shards == s)) for s in shard_ids[: self.prefetch]]
+        for c, s in enumerate(shard_ids):
+            chunks[c] = ahead.pop(0).result()
+            if c + self.prefetch < len(shard_ids):
+                ahead.append(pool.submit(self._read, np.flatnonzero(self.shards == shard_ids[c + self.prefetch])))
+            n_new = len(chunks[c]["pos"])
+            owner = np.concatenate([owner, np.full(n_new, c)])
+            local = np.concatenate([local, np.arange(n_new)])
+            self.max_buffered = max(self.max_buffered, len(owner))
+            if self.shuffle and len(owner) < self.buffer_images:
+                continue
+            if self.shuffle:
+                perm = rng.permutation(len(owner))
+                owner, local = owner[perm], local[perm]
+            n_emit = max(0, (len(owner) - low) // self.batch_size * self.batch_size)
+            for k in range(0, n_emit, self.batch_size):
+                yield self._emit(chunks, owner[k : k + self.batch_size], local[k : k + self.batch_size])
+            owner, local = owner[n_emit:], local[n_emit:]
+            for dead in set(chunks) - set(np.unique(owner).tolist()):
+                del chunks[dead]  # every row of that shard has left the buffer
+        pool.shutdown(wait=False)
+        if len(owner):
+            if self.shuffle:
+                perm = rng.permutation(len(owner))
+                owner, local = owner[perm], local[perm]
+            for k in range(0, len(owner), self.batch_size):
+                yield self._emit(chunks, owner[k : k + self.batch_size], local[k : k + self.batch_size])
