@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/radstore ingest --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store
 	$(VENV)/bin/radstore extract --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store --encoder pixels | tee $(DEMO_DIR)/pixels.out
 	$(VENV)/bin/radstore train --store $(DEMO_DIR)/store --feature-set $$(tail -n 1 $(DEMO_DIR)/pixels.out) --task all --head all \
-		--lr 1e-3 --max-epochs 40 --patience 8 --target-size 64 --small-refiner
+		--solver lbfgs --lr 1e-3 --max-epochs 40 --patience 8 --target-size 64 --small-refiner
 	$(VENV)/bin/radstore runs --store $(DEMO_DIR)/store
 	@echo "*** rad-dino with RANDOM TINY weights (no model hub here); put real weights in \$$RADSTORE_WEIGHTS_DIR/rad-dino ***"
 	$(VENV)/bin/radstore extract --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store --encoder rad-dino --weights random:tiny

@@ -125,7 +125,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def _train_config(args: argparse.Namespace) -> dict:
     cfg = {"seed": args.seed, "lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience,
            "batch_size": args.batch_size, "seg_loss": args.seg_loss, "target_size": args.target_size,
-           "device": args.device, "folds": args.folds}
+           "device": args.device, "folds": args.folds, "solver": args.solver}
     if args.small_refiner:
         cfg.update(refiner_channels=(32, 16), attn_size=32)
     return cfg
@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seg-loss", default="bce", choices=("bce", "dice+bce"))
     s.add_argument("--target-size", type=int, default=128, help="segmentation target resolution")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    s.add_argument("--solver", default="adamw", choices=("adamw", "lbfgs"), help="global probes: the study's AdamW, or the CLIP-style L-BFGS probe")
     s.add_argument("--small-refiner", action="store_true", help="cross-attention refiner 32/16 channels at 32x32 (CPU demos)")
     s.set_defaults(func=cmd_train)
 

@@ -30,6 +30,7 @@ from heads.runs import RunRecord, write_run
 from heads.tasks import HEADS, TaskDef, get_task
 
 SEG_LOSSES = ("bce", "dice+bce")
+SOLVERS = ("adamw", "lbfgs")
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,19 @@ class TrainConfig:
     attn_size: int = 64
     refiner_channels: tuple[int, int] = (512, 256)
     fusion: str = "add"
+    # "adamw": the study's protocol. "lbfgs": the CLIP-style linear probe for global tasks,
+    # scikit-learn's L-BFGS logistic / ridge regression with the L2 strength chosen on the
+    # validation split (holds the split's global vectors in memory, never the grids).
+    # Segmentation tasks ignore it and train with AdamW.
+    solver: str = "adamw"
     progress: bool = True
 
     def __post_init__(self) -> None:
         get_task(self.task)
         if self.head not in HEADS:
             raise RadstoreError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.solver not in SOLVERS:
+            raise RadstoreError(f"solver must be one of {SOLVERS}")
         if self.seg_loss not in SEG_LOSSES:
             raise RadstoreError(f"seg_loss must be one of {SEG_LOSSES}")
         object.__setattr__(self, "refiner_channels", tuple(self.refiner_channels))
@@ -205,7 +213,11 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     best, best_state, best_epoch, bad = math.inf, None, -1, 0
     curve: list[dict] = []
-    bar = tqdm(range(cfg.max_epochs), desc=f"{cfg.task}/{cfg.head}", unit="epoch", disable=not cfg.progress, dynamic_ncols=True)
+    lbfgs = cfg.solver == "lbfgs" and task.input == "global"  # segmentation always trains with AdamW
+    if lbfgs:
+        model, curve = fit_lbfgs_probe(task, model, train_l, val_l)
+        best_epoch = 0
+    bar = tqdm(range(0 if lbfgs else cfg.max_epochs), desc=f"{cfg.task}/{cfg.head}", unit="epoch", disable=not cfg.progress, dynamic_ncols=True)
     for epoch in bar:
         model.train()
         tl, tn = 0.0, 0
@@ -249,6 +261,51 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
     )
     run_id = write_run(store, record, model, ids, pred, y)
     return TrainResult(run_id, best_epoch, len(curve), curve, metrics, time.perf_counter() - t0)
+
+
+def _collect(loader: StreamingLoader) -> tuple[np.ndarray, np.ndarray]:
+    gs, ys = [], []
+    for b in loader:
+        gs.append(b.g.numpy())
+        ys.append(b.y.numpy())
+    return np.concatenate(gs).astype(np.float64), np.concatenate(ys).astype(np.float64)
+
+
+def fit_lbfgs_probe(task: TaskDef, model: LinearProbe, train_l: StreamingLoader, val_l: StreamingLoader) -> tuple[LinearProbe, list[dict]]:
+    """Fit the probe in closed form / L-BFGS; copy it into ``model`` so the run format is the same."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.metrics import log_loss
+
+    xtr, ytr = _collect(train_l)
+    xva, yva = _collect(val_l)
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    ztr, zva = (xtr - mu) / sd, (xva - mu) / sd
+    curve = []
+    best = None
+    for strength in np.logspace(-4, 2, 13):
+        if task.kind == "classification":
+            clf = LogisticRegression(C=strength, class_weight="balanced", max_iter=5000).fit(ztr, ytr)
+            w = np.where(yva == 1, 0.5 / max(yva.mean(), 1e-6), 0.5 / max(1 - yva.mean(), 1e-6))
+            loss = log_loss(yva, clf.predict_proba(zva)[:, 1], sample_weight=w, labels=[0, 1])
+            coef, icpt = clf.coef_[0], clf.intercept_[0]
+        else:
+            ym, ys = float(model.y_mean), float(model.y_std)
+            reg = Ridge(alpha=1.0 / strength).fit(ztr, (ytr - ym) / ys)
+            loss = float(np.mean(((reg.predict(zva) * ys + ym) - yva) ** 2) / ys**2)
+            coef, icpt = reg.coef_, reg.intercept_
+        curve.append({"epoch": len(curve), "C": float(strength), "val_loss": float(loss), "train_loss": math.nan})
+        if best is None or loss < best[0]:
+            best = (loss, coef, icpt)
+    _, coef, icpt = best
+    with torch.no_grad():
+        model.norm.running_mean.copy_(torch.from_numpy(mu).float())
+        model.norm.running_var.copy_(torch.from_numpy(sd**2 - model.norm.eps).clamp_min(0).float())
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+        row = 1 if task.kind == "classification" else 0  # logits [0, w.z + b]: softmax[:, 1] = sigmoid(w.z + b)
+        model.fc.weight[row] = torch.from_numpy(coef).float()
+        model.fc.bias[row] = float(icpt)
+    return model.eval(), curve
 
 
 class _Rows:

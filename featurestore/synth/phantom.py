@@ -159,7 +159,7 @@ def render(
         medial_fill = (dist_mid <= med + 0.002) & (yy > apex - 0.02) & (yy < dia)
         outer = (lung_outer | medial_fill) & this_side
         dist = ndimage.distance_transform_edt(outer) / px
-        depth = float(np.exp(rng.uniform(np.log(0.006), np.log(0.11))))
+        depth = float(np.exp(rng.uniform(np.log(0.008), np.log(0.15))))
         extent = rng.uniform(0.45, 1.0)  # how far down the crescent reaches
         y_lim = apex + extent * (dia - apex)
         ptx = side_lung & (dist < depth) & (yy < y_lim)
@@ -239,7 +239,7 @@ def render(
         collapsed = lungs & ~ptx
         pleura = ndimage.binary_dilation(ptx, iterations=max(1, int(0.0015 * px))) & collapsed
         pleura_soft = ndimage.gaussian_filter(pleura.astype(np.float32), 0.0008 * px)
-        raw = raw - rng.uniform(0.015, 0.05) * ptx + edge_strength * pleura_soft
+        raw = raw - rng.uniform(0.06, 0.14) * ptx + edge_strength * pleura_soft
 
     # Exposure gradient, film-like tone curve, blur (detector MTF) and noise.
     gx, gy = rng.uniform(-0.18, 0.18, size=2)
