@@ -13,6 +13,11 @@ random-vit      Dinov2Model, random weights, seed 0 (control)  518    768 pooler
 
 from __future__ import annotations
 
+import os
+
+# radstore never downloads weights: keep huggingface_hub (and transformers, timm) offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from featurestore.encoders.base import EmbedOutput, Encoder
 from featurestore.encoders.weights import MissingWeightsError, resolve
 
