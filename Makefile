@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.store_io
 	$(PY) -m benchmarks.extraction
 	$(PY) -m benchmarks.training
+	$(PY) -m benchmarks.evaluation
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,113 @@
+"""Metrics, vectorised over bootstrap resamples.
+
+Every function takes index arrays ``idx`` of shape [R, n] (R resamples of n images; one row of
+``arange(n)`` is the plain metric) so that 2,000 resamples over 10,000 images are a few array
+operations, not 2,000 calls. Each matches its scikit-learn counterpart on every row (tests):
+``roc_auc_score`` (ties get average ranks), ``average_precision_score`` (tied scores form one
+threshold), ``r2_score``, ``mean_absolute_error``.
+
+Segmentation: Dice and IoU are computed per image, then averaged. An image whose true and
+predicted masks are both empty is a perfect answer by default (``EMPTY_BOTH="one"``); set
+``"nan"`` to leave such images out of the mean, or ``"zero"`` to count them as failures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EMPTY_CONVENTIONS = ("one", "nan", "zero")
+
+
+def identity_index(n: int) -> np.ndarray:
+    return np.arange(n)[None, :]
+
+
+def counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each image appears in each resample row: [R, n] (a row of arange(n) is all ones)."""
+    r = idx.shape[0]
+    flat = (idx + np.arange(r)[:, None] * n).ravel()
+    return np.bincount(flat, minlength=r * n).reshape(r, n)
+
+
+def auroc(y: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC of each resample row (NaN where a row has one class only).
+
+    Sorted once: a resample is a vector of multiplicities, so per row the statistic is
+    sum over score groups of positives x (negatives below + half the tied negatives),
+    which counts ties exactly as average ranks do.
+    """
+    n = len(y)
+    order = np.argsort(score, kind="stable")
+    s_sorted = score[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # groups of equal scores
+    rank_of = np.empty(n, np.int64)
+    rank_of[order] = np.arange(n)
+    c = counts(rank_of[idx], n).astype(np.float64)  # multiplicities, already in score order
+    pos = y[order].astype(bool)
+    pos_g = np.add.reduceat(c * pos, starts, axis=1)
+    neg_g = np.add.reduceat(c * ~pos, starts, axis=1)
+    neg_below = np.cumsum(neg_g, axis=1) - neg_g
+    num = (pos_g * (neg_below + 0.5 * neg_g)).sum(1)
+    n_pos, n_neg = pos_g.sum(1), neg_g.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
+
+
+def average_precision(y: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Average precision (sklearn's step-wise AP) of each resample row; tied scores are one step."""
+    s = score[idx]
+    order = np.argsort(-s, axis=1, kind="stable")
+    s_sorted = np.take_along_axis(s, order, 1)
+    y_sorted = np.take_along_axis(y[idx].astype(np.float64), order, 1)
+    tp = np.cumsum(y_sorted, 1)
+    n = s.shape[1]
+    k = np.arange(1, n + 1)[None, :]
+    # The end of each group of equal scores is a threshold.
+    is_end = np.ones_like(s_sorted, dtype=bool)
+    is_end[:, :-1] = s_sorted[:, 1:] != s_sorted[:, :-1]
+    tp_at_end = np.where(is_end, tp, 0.0)
+    last_end = np.maximum.accumulate(tp_at_end, axis=1)  # tp is non-decreasing
+    prev = np.concatenate([np.zeros((s.shape[0], 1)), last_end[:, :-1]], 1)
+    n_pos = tp[:, -1]
+    gain = np.where(is_end, (tp - prev) * (tp / k), 0.0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_pos > 0, gain / n_pos, np.nan)
+
+
+def r2(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    yy, pp = y[idx], pred[idx]
+    ss_res = ((yy - pp) ** 2).sum(1)
+    ss_tot = ((yy - yy.mean(1, keepdims=True)) ** 2).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ss_tot > 0, 1 - ss_res / ss_tot, np.nan)
+
+
+def mae(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.abs(y[idx] - pred[idx]).mean(1)
+
+
+def per_image_overlap(truth: np.ndarray, pred: np.ndarray, empty_both: str = "one") -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU of each image (boolean masks [n, H, W]) under the empty-mask convention."""
+    if empty_both not in EMPTY_CONVENTIONS:
+        raise ValueError(f"empty_both must be one of {EMPTY_CONVENTIONS}")
+    t = truth.reshape(len(truth), -1).astype(bool)
+    p = pred.reshape(len(pred), -1).astype(bool)
+    inter = (t & p).sum(1).astype(np.float64)
+    sizes = t.sum(1) + p.sum(1)
+    union = (t | p).sum(1)
+    both_empty = sizes == 0
+    fill = {"one": 1.0, "nan": np.nan, "zero": 0.0}[empty_both]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(both_empty, fill, 2 * inter / sizes)
+        iou = np.where(both_empty, fill, inter / union)
+    return dice, iou
+
+
+def mean_of(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Mean of per-image values per resample row; NaNs (images left out by convention) ignored."""
+    v = values[idx]
+    if np.isnan(values).any():
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(v, 1)
+    return v.mean(1)
