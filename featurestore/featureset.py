@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import zarr
 
@@ -248,28 +247,24 @@ class FeatureSet:
     def cls_schema(self) -> pa.Schema:
         return layout.cls_schema(self.spec.global_dim, self.spec.extra_globals)
 
-    def _cls_parts(self) -> list[str]:
+    def cls_parts(self) -> list[str]:
         return self.loc.list(layout.CLS_DIR, suffix=".parquet")
 
     def cls(self, columns: list[str] | None = None) -> pa.Table:
         """Committed rows (one per image_id, first commit wins), ordered by row."""
         schema = self.cls_schema
-        parts = self._cls_parts()
+        parts = self.cls_parts()
         want = None if columns is None else list(dict.fromkeys(["image_id", "row", *columns]))
         table = self.loc.read_parquet(parts, columns=want, schema=schema)
-        table = table.sort_by([("row", "ascending")])
-        ids = table.column("image_id")
-        if len(ids) and pc.count_distinct(ids).as_py() != len(ids):
-            # Rows are sorted by row, i.e. by shard: keep the first occurrence of each id.
-            _, first = np.unique(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object), return_index=True)
-            table = table.take(pa.array(np.sort(first)))
+        # Sorted by row, i.e. by shard: the first occurrence of an id is its first commit.
+        table = layout.keep_first(table.sort_by([("row", "ascending")]))
         if columns is not None:
             table = table.select(columns)
         return table
 
     def committed_ids(self) -> set[str]:
         schema = self.cls_schema
-        t = self.loc.read_parquet(self._cls_parts(), columns=["image_id"], schema=schema)
+        t = self.loc.read_parquet(self.cls_parts(), columns=["image_id"], schema=schema)
         return set(t.column("image_id").to_pylist())
 
     def index(self, refresh: bool = False) -> dict[str, int]:
@@ -317,16 +312,19 @@ class FeatureSet:
 
         with zarr.config.set(_ZARR_CONFIG):
             zarr.core.sync.sync(gather())
-        if len(rows):
-            bad = np.flatnonzero(np.isnan(out[:, 0, 0, 0]))
-            if bad.size:
-                who = [str(image_ids[i]) if image_ids is not None else f"row {rows[i]}" for i in bad[:5]]
-                raise StoreCorruptionError(
-                    f"feature set {self.id}: committed grid(s) missing on storage for {', '.join(who)}. "
-                    "The cls table says they were written but the array has no data: run "
-                    "`radstore store verify` and re-extract those images."
-                )
+        self._require_present(out, rows, image_ids)
         return out
+
+    def _require_present(self, out: np.ndarray, rows: np.ndarray, image_ids: Sequence[str] | None = None) -> None:
+        """A never-written chunk reads as NaN fill: one value per image tells."""
+        bad = np.flatnonzero(np.isnan(out[:, 0, 0, 0])) if len(rows) else []
+        if len(bad):
+            who = [str(image_ids[i]) if image_ids is not None else f"row {rows[i]}" for i in bad[:5]]
+            raise StoreCorruptionError(
+                f"feature set {self.id}: committed grid(s) missing on storage for {', '.join(who)}. "
+                "The cls table says they were written but the array has no data: run "
+                "`radstore store verify` and re-extract those images."
+            )
 
     def read_span(self, rows: np.ndarray) -> np.ndarray:
         """Grids of ``rows`` that lie close together (one shard): one slice read, then a take.
@@ -338,8 +336,7 @@ class FeatureSet:
         with zarr.config.set(_ZARR_CONFIG):
             block = arr[lo:hi]
         out = block[rows - lo] if len(rows) != hi - lo or not np.array_equal(rows, np.arange(lo, hi)) else block
-        if np.isnan(out[:, 0, 0, 0]).any():
-            raise StoreCorruptionError(f"feature set {self.id}: committed grid(s) missing in rows {lo}..{hi - 1}; run `radstore store verify`")
+        self._require_present(out, rows)
         return out
 
     def to_xarray(self):
@@ -365,17 +362,18 @@ class FeatureSet:
         ds.attrs.update({"feature_set_id": self.id, "encoder": self.spec.encoder})
         return ds
 
-    def verify(self, batch: int = 64) -> list[str]:
+    def verify(self) -> list[str]:
         """image_ids whose committed row has no grid on storage (should always be empty)."""
         t = self.cls(columns=["image_id", "row"])
         ids, rows = t.column("image_id").to_pylist(), t.column("row").to_numpy()
         arr = self._array_for_rows(int(rows.max()) + 1 if len(rows) else 0)
+        s = self.spec.shard_images
         bad: list[str] = []
         with zarr.config.set(_ZARR_CONFIG):
-            for k in range(0, len(rows), batch):
-                for i, r in zip(ids[k : k + batch], rows[k : k + batch]):
-                    if np.isnan(arr[int(r), 0, 0, 0]):
-                        bad.append(i)
+            for shard in np.unique(rows // s):  # one read per shard, not one per row
+                lo, hi = int(shard * s), int(shard * s + s)
+                first = arr[lo:hi, 0, 0, 0]
+                bad += [ids[k] for k in np.flatnonzero((rows >= lo) & (rows < hi)) if np.isnan(first[rows[k] - lo])]
         return bad
 
     def rejects(self) -> pa.Table:

@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 FORMAT_NAME = "radstore"
 FORMAT_VERSION = 1
@@ -121,6 +122,16 @@ def now_ms() -> datetime:
     """UTC now, truncated to the milliseconds the tables store."""
     t = datetime.now(timezone.utc)
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def keep_first(table: pa.Table, key: str = "image_id") -> pa.Table:
+    """Rows of ``table`` (already in precedence order) with the first occurrence of each key."""
+    if table.num_rows == 0 or pa.compute.count_distinct(table.column(key)).as_py() == table.num_rows:
+        return table
+    import numpy as np
+
+    _, first = np.unique(np.asarray(table.column(key).to_pylist(), dtype=object), return_index=True)
+    return table.take(pa.array(np.sort(first)))
 
 
 def cls_part_name(shard: int, token: str) -> str:

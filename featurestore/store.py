@@ -6,9 +6,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from featurestore import __version__, layout
 from featurestore.errors import FeatureSetNotFound, RadstoreError
@@ -59,11 +57,7 @@ class Store:
     def images(self) -> pa.Table:
         """The image index: one row per image_id (the first ingested wins on a race)."""
         t = self.loc.read_parquet(self.loc.list(layout.IMAGES_DIR, suffix=".parquet"), schema=layout.IMAGES_SCHEMA)
-        if t.num_rows and pc.count_distinct(t.column("image_id")).as_py() != t.num_rows:
-            t = t.sort_by([("ingested_at", "ascending")])
-            _, first = np.unique(np.asarray(t.column("image_id").to_pylist(), dtype=object), return_index=True)
-            t = t.take(pa.array(np.sort(first)))
-        return t
+        return layout.keep_first(t.sort_by([("ingested_at", "ascending")]))
 
     def append_images(self, table: pa.Table) -> str | None:
         if table.num_rows == 0:

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
+from featurestore import layout
 from featurestore.encoders.preprocess import Preprocessing
 from featurestore.encoders.weights import cache_dir
 from featurestore.errors import RadstoreError
@@ -195,10 +196,9 @@ class StreamingLoader:
         self.rows = idx.column("row").to_numpy()
         self.shards = idx.column("shard").to_numpy()
         self.ypos = np.fromiter((pos[i] for i in self.ids), np.int64, len(self.ids))
-        parts = {}
-        for p in fs._cls_parts():
-            parts.setdefault(int(p.rsplit("/", 1)[-1].split("-")[1]), p)
-        self.parts = parts
+        self.parts: dict[int, str] = {}
+        for p in fs.cls_parts():
+            self.parts.setdefault(layout.shard_of_part(p), p)
         self._memory = self._read(np.arange(len(self.ids))) if in_memory else None
 
     def __len__(self) -> int:

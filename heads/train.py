@@ -88,13 +88,18 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def target_scale(y_train: np.ndarray) -> tuple[float, float]:
+    """Mean and std of a regression target on the training split (std 1 if constant)."""
+    return float(np.mean(y_train)), float(np.std(y_train)) or 1.0
+
+
 def build_head(task: TaskDef, cfg: TrainConfig, fs: FeatureSet, y_train: np.ndarray | None = None) -> torch.nn.Module:
     c, _, _ = fs.spec.grid
     if task.kind != "segmentation":
         if cfg.head == "cross-attention":
             raise RadstoreError(f"the cross-attention head segments; task {task.name} takes a linear head")
         if task.kind == "regression" and y_train is not None:
-            return LinearProbe(fs.spec.global_dim, 1, float(np.mean(y_train)), float(np.std(y_train)) or 1.0)
+            return LinearProbe(fs.spec.global_dim, 1, *target_scale(y_train))
         return LinearProbe(fs.spec.global_dim, 2 if task.kind == "classification" else 1)
     if cfg.head == "linear":
         return LinearSegProbe(c, cfg.target_size)
@@ -119,7 +124,7 @@ def make_loss(task: TaskDef, cfg: TrainConfig, y_train: np.ndarray, fg_fraction:
 
         return loss
     if task.kind == "regression":
-        mu, sd = float(np.mean(y_train)), float(np.std(y_train)) or 1.0
+        mu, sd = target_scale(y_train)
         return lambda out, y: F.mse_loss((out.float()[:, 0] - mu) / sd, (y - mu) / sd)
 
     # Segmentation: BCE weighted like the classification classes (foreground is ~1-15% of

@@ -31,14 +31,23 @@ HUB_REPOS = {
 __all__ = ["ENCODERS", "EmbedOutput", "Encoder", "MissingWeightsError", "load_encoder", "preflight"]
 
 
-def preflight(name: str, weights: str | None = None) -> None:
-    """Raise now (RadstoreError) if ``name`` is unknown or its weights cannot be found offline."""
+def _check_name(name: str) -> None:
     from featurestore.errors import RadstoreError
 
     if name not in ENCODERS:
         raise RadstoreError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+
+
+def _weights_or_default(name: str, weights: str | None) -> str | None:
+    """random-vit is random by definition; the others look for real weights."""
+    return weights or ("random" if name == "random-vit" else None)
+
+
+def preflight(name: str, weights: str | None = None) -> None:
+    """Raise now (RadstoreError) if ``name`` is unknown or its weights cannot be found offline."""
+    _check_name(name)
     if name != "pixels":
-        resolve(name, weights or (None if name != "random-vit" else "random"), HUB_REPOS.get(name))
+        resolve(name, _weights_or_default(name, weights), HUB_REPOS.get(name))
 
 
 def load_encoder(name: str, weights: str | None = None, size: int | None = None, bits: int | None = None) -> Encoder:
@@ -47,10 +56,7 @@ def load_encoder(name: str, weights: str | None = None, size: int | None = None,
     A changed input size or bit depth changes the preprocessing, hence the feature set id: the
     study's resolution and bit-depth ablations land in distinct feature sets.
     """
-    from featurestore.errors import RadstoreError
-
-    if name not in ENCODERS:
-        raise RadstoreError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    _check_name(name)
     if name == "pixels":
         from featurestore.encoders.pixels import PixelsEncoder
 
@@ -68,5 +74,4 @@ def load_encoder(name: str, weights: str | None = None, size: int | None = None,
         return OpenClipEncoder.load(name, resolve(name, weights, HUB_REPOS[name]), size=size, bits=bits or 8)
     from featurestore.encoders.dinov2 import Dinov2Encoder
 
-    default = None if name == "rad-dino" else "random"
-    return Dinov2Encoder.load(name, resolve(name, weights or default, HUB_REPOS.get(name)), size=size or 518, bits=bits or 8)
+    return Dinov2Encoder.load(name, resolve(name, _weights_or_default(name, weights), HUB_REPOS.get(name)), size=size or 518, bits=bits or 8)
