@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.radstore-installed
 DEMO_DIR ?= demo
-DEMO_N ?= 48
+DEMO_N ?= 64
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast bench venv clean
@@ -22,16 +22,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --seed 0 --preview
-	$(VENV)/bin/radstore ingest --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store
-	$(VENV)/bin/radstore extract --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store --encoder pixels | tee $(DEMO_DIR)/pixels.out
-	$(VENV)/bin/radstore train --store $(DEMO_DIR)/store --feature-set $$(tail -n 1 $(DEMO_DIR)/pixels.out) --task all --head all \
-		--solver lbfgs --lr 1e-3 --max-epochs 40 --patience 8 --target-size 64 --small-refiner
-	$(VENV)/bin/radstore runs --store $(DEMO_DIR)/store
-	@echo "*** rad-dino with RANDOM TINY weights (no model hub here); put real weights in \$$RADSTORE_WEIGHTS_DIR/rad-dino ***"
-	$(VENV)/bin/radstore extract --manifest $(DEMO_DIR)/cohort/manifest.parquet --store $(DEMO_DIR)/store --encoder rad-dino --weights random:tiny
-	$(VENV)/bin/radstore store info $(DEMO_DIR)/store
-	@echo "contact sheet: $(DEMO_DIR)/cohort/preview.png"
+	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --seed 0 --preview --quiet
+	$(VENV)/bin/radstore study --config configs/demo.yaml --store $(DEMO_DIR)/store \
+		--manifest $(DEMO_DIR)/cohort/manifest.parquet --report $(DEMO_DIR)/report
+	@echo
+	@echo "contact sheet of the cohort: $(DEMO_DIR)/cohort/preview.png"
+	@echo "next: open $(DEMO_DIR)/report/index.html; query the results:"
+	@echo "  .venv/bin/radstore query --store $(DEMO_DIR)/store \"SELECT task, head, encoder, value, ci_low, ci_high FROM latest WHERE \\\"primary\\\"\""
+	@echo "real weights: put model folders in \$$RADSTORE_WEIGHTS_DIR/{rad-dino,chexagent,biomedclip}; your own images: a manifest.parquet (README)"
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -46,7 +46,10 @@ def paired_bootstrap(metric: Metric, arrays_a: tuple, arrays_b: tuple, *, resamp
     alpha = (1 - confidence) / 2
     low, high = np.quantile(d, [alpha, 1 - alpha]) if len(d) else (np.nan, np.nan)
     # Two-sided bootstrap p-value: how often the resampled difference crosses zero.
-    p = min(1.0, 2 * min((np.sum(d <= 0) + 1) / (len(d) + 1), (np.sum(d >= 0) + 1) / (len(d) + 1)))
+    if len(d) == 0:  # the metric is undefined on every resample (e.g. one class only): no test
+        p = np.nan
+    else:
+        p = min(1.0, 2 * min((np.sum(d <= 0) + 1) / (len(d) + 1), (np.sum(d >= 0) + 1) / (len(d) + 1)))
     return Difference(a, b, a - b, float(low), float(high), float(p), len(idx), seed)
 
 

@@ -168,6 +168,110 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def print_rows(rows: list[dict], out=None) -> None:
+    """A list of dicts as an aligned plain-text table (what a terminal and a CI log both show)."""
+    out = out or sys.stdout
+    if not rows:
+        print("(no rows)", file=out)
+        return
+    cols = list(rows[0])
+    cells = [[str(c) for c in cols]] + [["" if r.get(c) is None else str(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    for k, row in enumerate(cells):
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), file=out)
+        if k == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+
+
+def _eval_config(args: argparse.Namespace) -> dict:
+    return {"resamples": args.resamples, "seed": args.seed, "method": args.method, "empty_both": args.empty_both,
+            "threshold": args.threshold}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.artifacts import EvalConfig, read_evaluation, results_table, select_runs
+    from featurestore.store import Store
+
+    EvalConfig(**_eval_config(args))  # fail in one line, before Prefect starts
+    store = Store.open(args.store)
+    runs = select_runs(store, None if args.all else args.runs)
+    from flows.evaluate import evaluate_flow
+
+    out = evaluate_flow(args.store, runs, _eval_config(args))
+    _, tables = read_evaluation(store, out["eval_id"])
+    print_rows(results_table(tables["metrics"], primary_only=not args.all_metrics))
+    print("new version" if out["created"] else "these inputs were evaluated before: existing version, unchanged", file=sys.stderr)
+    print(out["eval_id"])
+    return EXIT_OK
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from evaluation.query import query, write_result
+
+    table = query(args.store, args.sql)
+    if args.out:
+        print(f"{table.num_rows} row(s) -> {write_result(table, args.out)}")
+        return EXIT_OK
+    shown = table.slice(0, args.max_rows).to_pylist()
+    print_rows(shown)
+    if table.num_rows > len(shown):
+        print(f"... {table.num_rows - len(shown)} more row(s); --max-rows N or --out FILE.csv|.parquet", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evaluation.report import write_report
+    from featurestore.store import Store
+
+    path = write_report(Store.open(args.store), args.out, args.eval)
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+def _study_config(args: argparse.Namespace):
+    from flows.config import load_config
+
+    return load_config(args.config, store=args.store, manifest=args.manifest, runner=args.runner, report=args.report)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from evaluation.artifacts import read_evaluation, results_table
+    from featurestore.store import Store
+
+    cfg = _study_config(args)
+    from flows.study import run_study
+
+    out = run_study(cfg)
+    _, tables = read_evaluation(Store.open(cfg.store, storage_options=cfg.storage_options or None), out["eval_id"])
+    print()
+    print_rows([{k: v for k, v in r.items() if k != "fold" or v != ""} for r in results_table(tables["metrics"])])
+    print()
+    for enc, e in out["extracted"].items():
+        weights = e["weights"] or ("none needed" if enc == "pixels" else "found locally")
+        print(f"{enc:12s} weights={weights}  {e['done']} new, {e['skipped']} reused, {e['failed']} failed"
+              f"  -> {out['feature_sets'][enc]}")
+    print(f"training: {out['trained']} run(s) trained, {out['reused']} reused")
+    print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in out["timings"].items()))
+    print(f"evaluation: {out['eval_id']} ({'new version' if out['new_eval'] else 'inputs unchanged: existing version'})")
+    if out["report"]:
+        print(f"report: {out['report']}")
+    failed = sum(e["failed"] for e in out["extracted"].values())
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import serve_all
+
+    serve_all(_study_config(args), limit=args.limit)
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.run import main as bench_main
+
+    return int(bench_main(args.bench_args) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radstore", description="Embedding feature store and evaluation pipeline for radiology foundation models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -232,6 +336,51 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("runs", help="list the training runs in a store")
     s.add_argument("--store", required=True)
     s.set_defaults(func=cmd_runs)
+
+    s = sub.add_parser("evaluate", help="metrics with bootstrap CIs and corrected comparisons -> a new immutable version (Prefect flow)")
+    s.add_argument("--store", required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--runs", nargs="+", metavar="RUN", help="run ids (radstore runs lists them)")
+    g.add_argument("--all", action="store_true", help="the latest run of every task x head x fold x feature set")
+    s.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--method", default="percentile", choices=("percentile", "bca"))
+    s.add_argument("--empty-both", default="one", choices=("one", "nan", "zero"),
+                   help="Dice/IoU of an image with empty true and predicted masks: 1 (default), left out, or 0")
+    s.add_argument("--threshold", type=float, default=0.5, help="segmentation probability threshold")
+    s.add_argument("--all-metrics", action="store_true", help="print every metric, not only each task's headline")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("query", help="SQL (DuckDB) over the store: images, features, cls, runs, predictions, evaluations, metrics, latest, comparisons, per_image, folds")
+    s.add_argument("--store", required=True)
+    s.add_argument("sql")
+    s.add_argument("--out", default=None, help="write the result to FILE.csv or FILE.parquet instead of printing it")
+    s.add_argument("--max-rows", type=int, default=50)
+    s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("report", help="HTML report with figures of an evaluation (default: the latest)")
+    s.add_argument("--store", required=True)
+    s.add_argument("--out", required=True, help="output directory (index.html + figures/)")
+    s.add_argument("--eval", default=None, help="evaluation id (default: the latest)")
+    s.set_defaults(func=cmd_report)
+
+    for name, help_, func in (
+        ("study", "the whole study from one config: ingest, extract, train, evaluate, report (Prefect flow)", cmd_study),
+        ("serve", "serve the scheduled deployments (nightly backfill -> study) from this process", cmd_serve),
+    ):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", required=True, help="study config YAML (examples: configs/demo.yaml, configs/study.yaml)")
+        s.add_argument("--store", default=None, help="override the config's store")
+        s.add_argument("--manifest", default=None, help="override the config's manifest")
+        s.add_argument("--runner", default=None, help="override the config's runner: local, dask, dask:ADDRESS")
+        s.add_argument("--report", default=None, help="override the config's report directory")
+        if name == "serve":
+            s.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("bench", help="run the benchmarks (same as make bench); arguments after -- go to benchmarks.run")
+    s.add_argument("bench_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_bench)
 
     st = sub.add_parser("store", help="inspect a store").add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
     s = st.add_parser("info", help="images and feature sets with their sizes")

@@ -109,6 +109,30 @@ def list_runs(store: Store) -> list[dict]:
     return out
 
 
+# Config fields that change how a run is computed, not what it computes.
+RUNTIME_ONLY = ("progress", "device")
+
+
+def find_run(store: Store, feature_set_id: str, config: dict[str, Any], newer_than: datetime | None = None) -> str | None:
+    """The latest run of this feature set with the same training config (task, head, fold and
+    every hyperparameter), made after ``newer_than`` (e.g. the feature set's last commit, so a
+    backfill retrains); None if there is none. What lets a scheduled study skip work."""
+    want = {k: v for k, v in config.items() if k not in RUNTIME_ONLY}
+    best = None
+    for r in list_runs(store):
+        if r["feature_set_id"] != feature_set_id:
+            continue
+        have = {k: v for k, v in r["config"].items() if k not in RUNTIME_ONLY}
+        if have != want:
+            continue
+        created = datetime.fromisoformat(r["created_at"])
+        if newer_than is not None and created < newer_than:
+            continue
+        if best is None or created > datetime.fromisoformat(best["created_at"]):
+            best = r
+    return None if best is None else best["run_id"]
+
+
 def read_run(store: Store, run_id: str) -> dict:
     if not store.loc.exists(RUNS_DIR, run_id, RUN_JSON):
         raise RadstoreError(f"no run {run_id!r} in {store.url} (runs are listed by `radstore runs`)")

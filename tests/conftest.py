@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -63,3 +68,68 @@ def pixels_store(cohort, tmp_path_factory):
     ingest(str(cohort), store, progress=False)
     r = extract(str(cohort), store, ExtractConfig("pixels", progress=False, num_workers=0, shard_images=16))
     return url, r.feature_set_id, str(cohort)
+
+
+EVAL_TRAIN = dict(lr=1e-3, max_epochs=4, progress=False, target_size=32, attn_size=16, refiner_channels=(16, 8), solver="lbfgs")
+EVAL_ENCODERS = (("pixels", None), ("rad-dino", "random:tiny"), ("chexagent", "random:tiny"))
+
+
+@pytest.fixture(scope="session")
+def evaluated_store(cohort, tmp_path_factory):
+    """(store url, eval id, manifest): the cohort embedded by three encoders (pixels and tiny
+    random RAD-DINO and CheXagent-SigLIP models), every task x head trained on the manifest split plus two folds of
+    cardiomegaly-cls (for Friedman), and one evaluation of all of it (200 resamples)."""
+    from evaluation.artifacts import EvalConfig, evaluate
+    from featurestore.extract import ExtractConfig, extract
+    from featurestore.ingest import ingest
+    from featurestore.store import Store
+    from flows.train import grid_configs
+    from heads.train import train
+
+    url = str(tmp_path_factory.mktemp("evaluated-store") / "store")
+    store = Store.open(url, create=True)
+    ingest(str(cohort), store, progress=False)
+    for enc, weights in EVAL_ENCODERS:
+        fsid = extract(str(cohort), store, ExtractConfig(enc, weights=weights, progress=False, num_workers=0)).feature_set_id
+        for cfg in grid_configs(None, None, None, EVAL_TRAIN):
+            train(store, fsid, cfg)
+        for cfg in grid_configs(["cardiomegaly-cls"], ["linear"], [0, 1], {**EVAL_TRAIN, "folds": 3}):
+            train(store, fsid, cfg)
+    ev = evaluate(store, None, EvalConfig(resamples=200, seed=1))
+    return url, ev.eval_id, str(cohort)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 for the session; yields fsspec storage options."""
+    pytest.importorskip("moto")
+    import s3fs
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
+    deadline = time.time() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.2)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir("radstore-test")
+    yield opts
+    proc.terminate()
+    proc.wait(timeout=10)

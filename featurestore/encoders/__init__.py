@@ -7,7 +7,7 @@ rad-dino        transformers Dinov2Model (microsoft/rad-dino)  518    768 pooler
 chexagent       transformers SiglipVisionModel (XraySigLIP)    512    1024 attnpool 32x32x1024
 biomedclip      open_clip timm ViT-B/16 (BiomedCLIP)           224    512 proj     14x14x768
 pixels          none: pooled pixels (control)                  512    274 stats    32x32x16
-random-vit      Dinov2Model, random weights, seed 0 (control)  518    768 pooler   37x37x768
+random-vit      Dinov2Model, random weights, seeded (control)   518    768 pooler   37x37x768
 ==============  =============================================  =====  ===========  ==========
 """
 
@@ -28,7 +28,7 @@ HUB_REPOS = {
     "biomedclip": "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
 }
 
-__all__ = ["ENCODERS", "EmbedOutput", "Encoder", "MissingWeightsError", "load_encoder", "preflight"]
+__all__ = ["ENCODERS", "EmbedOutput", "Encoder", "MissingWeightsError", "choose_weights", "load_encoder", "preflight"]
 
 
 def _check_name(name: str) -> None:
@@ -48,6 +48,23 @@ def preflight(name: str, weights: str | None = None) -> None:
     _check_name(name)
     if name != "pixels":
         resolve(name, _weights_or_default(name, weights), HUB_REPOS.get(name))
+
+
+def choose_weights(name: str, weights: str | None, fallback: str = "error") -> tuple[str | None, str | None]:
+    """The weights to use, and a warning when they are a stand-in.
+
+    ``fallback`` ("random:tiny", "random" or "error") is what an encoder gets when its real
+    weights are not found offline; the warning says so loudly, because numbers from random
+    weights measure the pipeline, not the model.
+    """
+    try:
+        preflight(name, weights)
+        return weights, None
+    except MissingWeightsError as e:
+        if fallback == "error":
+            raise
+        return fallback, (f"*** {name}: NO REAL WEIGHTS FOUND, using {fallback} weights -- its numbers mean nothing about "
+                          f"{name}. {e}")
 
 
 def load_encoder(name: str, weights: str | None = None, size: int | None = None, bits: int | None = None) -> Encoder:

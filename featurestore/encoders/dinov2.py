@@ -8,6 +8,8 @@ tokens, for ``Dinov2WithRegistersModel`` configs) as a 37x37 grid of 768-d token
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 from featurestore.encoders.base import EmbedOutput, Encoder
@@ -33,9 +35,11 @@ def build_random(kind: str, name: str, seed: int = 0) -> str:
     """Save a randomly initialised model of the real class; return the folder to load from."""
     from transformers import Dinov2Model
 
-    folder = cache_dir() / kind.replace(":", "-") / f"{name}-seed{seed}"
+    folder = cache_dir() / kind.replace(":", "-") / f"{name}-named-seed{seed}"
     if not (folder / "config.json").exists():
-        torch.manual_seed(seed)
+        # Seeded by name too: rad-dino's stand-in and the random-vit control share a class and
+        # must not be the same network.
+        torch.manual_seed(zlib.crc32(f"{name}:{seed}".encode()))
         model = Dinov2Model(_tiny_config() if kind == "random:tiny" else _full_config()).eval()
         folder.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(folder)

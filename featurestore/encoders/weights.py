@@ -81,4 +81,4 @@ def resolve(encoder: str, weights: str | None, hub_repo: str | None) -> WeightsS
 def _fetch_hint(encoder: str, hub_repo: str | None, target: Path) -> str:
     if not hub_repo:
         return "."
-    return f". On a machine with internet run: huggingface-cli download {hub_repo} --local-dir {target} (then copy the folder here)."
+    return f". On a machine with internet run: hf download {hub_repo} --local-dir {target} (then copy the folder here)."

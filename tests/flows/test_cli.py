@@ -15,7 +15,8 @@ from flows.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, build_parser, main
 def test_help_lists_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True).stdout
     sub = [a for a in build_parser()._subparsers._group_actions][0]
-    assert set(sub.choices) == {"synth", "preview", "ingest", "extract", "train", "runs", "store"}
+    assert set(sub.choices) == {"synth", "preview", "ingest", "extract", "train", "runs", "evaluate", "query", "report", "study",
+                                "serve", "bench", "store"}
     for cmd in sub.choices:
         assert f"    {cmd} " in out  # listed, with its help line
     from featurestore.encoders import ENCODERS

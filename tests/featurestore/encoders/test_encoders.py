@@ -175,7 +175,7 @@ def test_missing_weights_say_where_and_how(tmp_path, monkeypatch):
     msg = str(e.value)
     assert f"{tmp_path / 'weights' / 'rad-dino'}: missing" in msg
     assert f"{tmp_path / 'hub'}: no microsoft/rad-dino" in msg
-    assert "huggingface-cli download microsoft/rad-dino --local-dir" in msg and "--weights random:tiny" in msg
+    assert "hf download microsoft/rad-dino --local-dir" in msg and "--weights random:tiny" in msg
     with pytest.raises(MissingWeightsError, match="is not a directory"):
         load_encoder("chexagent", weights=str(tmp_path / "nope"))
 

@@ -1,0 +1,437 @@
+"""Versioned metric artifacts: ``STORE/metrics/<eval_id>/``, immutable once written.
+
+::
+
+    metrics/<eval_id>/
+      metrics.parquet      one row per encoder x head x task x fold x metric (METRICS_SCHEMA)
+      comparisons.parquet  encoder pairs on the same test images (COMPARISONS_SCHEMA)
+      per_image.parquet    segmentation runs: Dice and IoU of every test image
+      folds.parquet        across cross-validation folds: median and CI per encoder, Friedman p
+      eval.json            every input version (runs, feature sets, store format, code), written last
+
+``eval_id`` is a hash of the inputs (run ids + their prediction files' sha256), the
+configuration (resamples, seed, CI method, empty-mask convention) and the metric code's
+version. Evaluating identical inputs again finds the same id and returns the existing
+version untouched (and the numbers would be identical: the resamples come from the recorded
+seed); any changed input gives a new id, so an old version is never rewritten. As for runs,
+an evaluation exists when its ``eval.json`` exists; a crash before that leaves a directory
+no reader lists.
+
+Comparisons. Runs are grouped by (task, head, fold); within a group every pair of feature
+sets is compared on the test images they share, with the SAME bootstrap indices for both
+(paired bootstrap of the difference: CI and two-sided p), and DeLong's test for AUROC.
+The family for Bonferroni and Holm is every comparison of one evaluation with the same test
+and metric (e.g. all paired-bootstrap AUROC differences) whose p-value is defined (a metric
+undefined on every resample, e.g. AUROC on a one-class test set, gives p = NaN and is left
+out), reported beside the raw p-values.
+Across folds (runs trained with ``--fold``), each encoder's fold values give a median and a
+t-interval of the mean, and with three or more encoders Friedman's test with Nemenyi's
+post-hoc p-values (``test = "nemenyi"`` rows of comparisons.parquet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import zarr
+from scipy import stats
+
+from evaluation import metrics as M
+from evaluation.bootstrap import METHODS, bootstrap_ci, resample_indices
+from evaluation.compare import adjust, delong, friedman_nemenyi, paired_bootstrap
+from featurestore import __version__
+from featurestore.layout import now_ms
+from featurestore.errors import RadstoreError
+from featurestore.store import Store
+from heads.runs import RUNS_DIR, code_version, list_runs, read_run
+
+METRICS_DIR = "metrics"
+EVAL_JSON = "eval.json"
+EVAL_VERSION = 1  # bump when a metric's definition changes: old and new numbers never share an id
+
+# Which metrics each task kind reports; the first is the task's headline (``primary``).
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("auroc", "auprc"),
+    "regression": ("r2", "mae"),
+    "segmentation": ("dice", "iou"),
+}
+HIGHER_IS_BETTER = {"auroc": True, "auprc": True, "r2": True, "mae": False, "dice": True, "iou": True}
+
+METRICS_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("created_at", pa.timestamp("ms", tz="UTC")),
+    ("task", pa.string()), ("task_kind", pa.string()), ("head", pa.string()),
+    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("run_id", pa.string()), ("fold", pa.int32()),
+    ("metric", pa.string()), ("primary", pa.bool_()), ("value", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("method", pa.string()), ("confidence", pa.float64()),
+    ("n", pa.int64()), ("resamples", pa.int64()), ("seed", pa.int64()),
+])
+COMPARISONS_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("task", pa.string()), ("head", pa.string()), ("fold", pa.int32()),
+    ("metric", pa.string()), ("test", pa.string()),
+    ("encoder_a", pa.string()), ("encoder_b", pa.string()),
+    ("feature_set_a", pa.string()), ("feature_set_b", pa.string()), ("run_a", pa.string()), ("run_b", pa.string()),
+    ("value_a", pa.float64()), ("value_b", pa.float64()), ("diff", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    ("p", pa.float64()), ("p_bonferroni", pa.float64()), ("p_holm", pa.float64()), ("family_size", pa.int64()),
+    ("n", pa.int64()),
+])
+PER_IMAGE_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("run_id", pa.string()), ("task", pa.string()), ("head", pa.string()),
+    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("fold", pa.int32()),
+    ("image_id", pa.string()), ("mask_row", pa.int64()), ("dice", pa.float64()), ("iou", pa.float64()),
+    ("true_pixels", pa.int64()), ("predicted_pixels", pa.int64()),
+])
+FOLDS_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("task", pa.string()), ("head", pa.string()), ("metric", pa.string()),
+    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("folds", pa.int64()),
+    ("median", pa.float64()), ("mean", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    ("mean_rank", pa.float64()), ("friedman_statistic", pa.float64()), ("friedman_p", pa.float64()),
+])
+TABLES = {"metrics": METRICS_SCHEMA, "comparisons": COMPARISONS_SCHEMA, "per_image": PER_IMAGE_SCHEMA, "folds": FOLDS_SCHEMA}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate; every field is part of the evaluation's identity."""
+
+    resamples: int = 2000
+    seed: int = 0
+    confidence: float = 0.95
+    method: str = "percentile"  # or "bca" (falls back to NaN bounds where BCa is undefined)
+    empty_both: str = "one"  # Dice/IoU of an image whose true and predicted masks are both empty
+    threshold: float = 0.5  # segmentation probabilities -> masks
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise RadstoreError(f"CI method must be one of {METHODS}, got {self.method!r}")
+        if self.empty_both not in M.EMPTY_CONVENTIONS:
+            raise RadstoreError(f"empty_both must be one of {M.EMPTY_CONVENTIONS}, got {self.empty_both!r}")
+        if self.resamples < 100:
+            raise RadstoreError(f"resamples={self.resamples}: use at least 100 for a 95% interval")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    eval_id: str
+    path: str
+    created: bool  # False: identical inputs were evaluated before; the existing version was returned
+    meta: dict[str, Any]
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+@dataclass
+class RunData:
+    """One run's test-set predictions, as arrays the metrics take (image order = predictions)."""
+
+    meta: dict[str, Any]
+    image_ids: np.ndarray
+    arrays: dict[str, np.ndarray]  # classification: y, score; regression: y, value; segmentation: dice, iou
+    sha256: str
+
+    @property
+    def key(self) -> tuple:
+        return (self.meta["task"], self.meta["head"], self.meta.get("fold"))
+
+
+def _predictions_sha(store: Store, run_id: str) -> str:
+    return hashlib.sha256(store.loc.read_bytes(RUNS_DIR, run_id, "predictions.parquet")).hexdigest()
+
+
+def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
+    """Read a run's predictions; for segmentation, threshold its masks and score each image."""
+    meta = read_run(store, run_id)
+    pred = store.loc.read_parquet([store.loc.path(RUNS_DIR, run_id, "predictions.parquet")])
+    pred = pred.filter(pa.compute.equal(pred.column("split"), "test"))
+    ids = np.asarray(pred.column("image_id").to_pylist(), dtype=object)
+    if len(ids) == 0:
+        raise RadstoreError(f"run {run_id} has no test predictions; retrain it with a test split")
+    kind = meta["task_kind"]
+    if kind == "segmentation":
+        rows = pred.column("mask_row").to_numpy()
+        p = zarr.open_array(store.loc.child(RUNS_DIR, run_id).zarr_store("masks.zarr", read_only=True))[:]
+        t = zarr.open_array(store.loc.child(RUNS_DIR, run_id).zarr_store("targets.zarr", read_only=True))[:]
+        prob = p[rows].astype(np.float32)
+        if np.isnan(prob).any():
+            bad = ids[np.isnan(prob).reshape(len(ids), -1).any(1)]
+            raise RadstoreError(f"run {run_id}: predicted masks of {', '.join(bad[:5])} contain NaN (incomplete run?)")
+        pm, tm = prob > cfg.threshold, t[rows] > 0
+        dice, iou = M.per_image_overlap(tm, pm, cfg.empty_both)
+        arrays = {"dice": dice, "iou": iou, "mask_row": rows,
+                  "true_pixels": tm.reshape(len(ids), -1).sum(1), "predicted_pixels": pm.reshape(len(ids), -1).sum(1)}
+    else:
+        col = "score" if kind == "classification" else "value"
+        arrays = {"y": pred.column("label").to_numpy().astype(np.float64), col: pred.column(col).to_numpy().astype(np.float64)}
+        for name, a in arrays.items():
+            if not np.isfinite(a).all():
+                bad = ids[~np.isfinite(a)]
+                raise RadstoreError(f"run {run_id}: {name} is NaN/Inf for {', '.join(bad[:5])}; the run is unusable")
+    return RunData(meta, ids, arrays, _predictions_sha(store, run_id))
+
+
+def _metric_fn(kind: str, metric: str) -> tuple[Callable[..., np.ndarray], tuple[str, ...]]:
+    """The vectorised metric and the arrays (by name) it takes."""
+    return {
+        "auroc": (M.auroc, ("y", "score")),
+        "auprc": (M.average_precision, ("y", "score")),
+        "r2": (M.r2, ("y", "value")),
+        "mae": (M.mae, ("y", "value")),
+        "dice": (M.mean_of, ("dice",)),
+        "iou": (M.mean_of, ("iou",)),
+    }[metric]
+
+
+def _aligned(runs: list[RunData]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The test images every run of a group shares, and each run's positions of them."""
+    common = set(runs[0].image_ids)
+    for r in runs[1:]:
+        common &= set(r.image_ids)
+    ids = np.array(sorted(common), dtype=object)
+    return ids, [np.searchsorted(r.image_ids[np.argsort(r.image_ids)], ids) for r in runs]
+
+
+def _take(r: RunData, pos: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    order = np.argsort(r.image_ids)
+    return tuple(r.arrays[n][order][pos] for n in names)
+
+
+# -- selection ---------------------------------------------------------------------------------
+
+def select_runs(store: Store, run_ids: Iterable[str] | None = None) -> list[str]:
+    """The runs to evaluate: those given, or (None) the latest run of every
+    (task, head, fold, feature set) in the store."""
+    if run_ids is not None:
+        ids = list(dict.fromkeys(run_ids))
+        for rid in ids:
+            read_run(store, rid)  # a clear error for a wrong id
+        if not ids:
+            raise RadstoreError("no runs given (use --runs RUN... or --all)")
+        return ids
+    latest: dict[tuple, dict] = {}
+    for r in list_runs(store):
+        k = (r["task"], r["head"], r.get("fold"), r["feature_set_id"])
+        if k not in latest or r["created_at"] > latest[k]["created_at"]:
+            latest[k] = r
+    if not latest:
+        raise RadstoreError(f"no training runs in {store.url} (radstore train ...)")
+    return sorted(r["run_id"] for r in latest.values())
+
+
+def eval_id_for(runs: list[RunData], cfg: EvalConfig) -> str:
+    ident = {"eval_version": EVAL_VERSION, "config": asdict(cfg),
+             "runs": sorted([r.meta["run_id"], r.sha256] for r in runs)}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    return f"eval-{digest}"
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+def _labels(group: list[RunData]) -> list[str]:
+    """Encoder names, or feature set ids where one encoder has several feature sets in a group."""
+    names = [r.meta["encoder"] for r in group]
+    return [r.meta["feature_set_id"] if names.count(n) > 1 else n for r, n in zip(group, names)]
+
+
+def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: datetime) -> dict[str, list[dict]]:
+    """Every table of an evaluation, as rows (no I/O: the same inputs give the same rows)."""
+    out: dict[str, list[dict]] = {name: [] for name in TABLES}
+    groups: dict[tuple, list[RunData]] = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r)
+    for (task, head, fold), group in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        group.sort(key=lambda r: (r.meta["encoder"], r.meta["feature_set_id"]))
+        kind = group[0].meta["task_kind"]
+        labels = _labels(group)
+        ids, positions = _aligned(group)
+        if len(ids) == 0:
+            raise RadstoreError(f"{task}/{head}: the runs {', '.join(r.meta['run_id'] for r in group)} share no test image")
+        idx = resample_indices(len(ids), cfg.resamples, cfg.seed)  # the same resamples for every encoder: paired
+        base = {"task": task, "head": head, "fold": fold}
+        for r, label, pos in zip(group, labels, positions):
+            for j, metric in enumerate(KIND_METRICS[kind]):
+                fn, names = _metric_fn(kind, metric)
+                ci = bootstrap_ci(fn, _take(r, pos, names), resamples=cfg.resamples, seed=cfg.seed,
+                                  method=cfg.method, confidence=cfg.confidence, idx=idx)
+                out["metrics"].append({**base, "eval_id": eval_id, "created_at": created_at, "task_kind": kind,
+                                       "encoder": label, "feature_set_id": r.meta["feature_set_id"], "run_id": r.meta["run_id"],
+                                       "metric": metric, "primary": j == 0, "value": ci.value, "ci_low": ci.low,
+                                       "ci_high": ci.high, "method": ci.method, "confidence": ci.confidence,
+                                       "n": ci.n, "resamples": ci.resamples, "seed": ci.seed})
+            if kind == "segmentation":
+                a = r.arrays
+                for i, image_id in enumerate(r.image_ids):
+                    out["per_image"].append({**base, "eval_id": eval_id, "run_id": r.meta["run_id"], "encoder": label,
+                                             "feature_set_id": r.meta["feature_set_id"], "image_id": image_id,
+                                             "mask_row": int(a["mask_row"][i]), "dice": float(a["dice"][i]),
+                                             "iou": float(a["iou"][i]), "true_pixels": int(a["true_pixels"][i]),
+                                             "predicted_pixels": int(a["predicted_pixels"][i])})
+        for (ra, la, pa_), (rb, lb, pb) in itertools.combinations(zip(group, labels, positions), 2):
+            pair = {**base, "eval_id": eval_id, "encoder_a": la, "encoder_b": lb,
+                    "feature_set_a": ra.meta["feature_set_id"], "feature_set_b": rb.meta["feature_set_id"],
+                    "run_a": ra.meta["run_id"], "run_b": rb.meta["run_id"], "n": len(ids)}
+            for metric in KIND_METRICS[kind]:
+                fn, names = _metric_fn(kind, metric)
+                d = paired_bootstrap(fn, _take(ra, pa_, names), _take(rb, pb, names), resamples=cfg.resamples,
+                                     seed=cfg.seed, confidence=cfg.confidence, idx=idx)
+                out["comparisons"].append({**pair, "metric": metric, "test": "paired-bootstrap", "value_a": d.a,
+                                           "value_b": d.b, "diff": d.diff, "ci_low": d.low, "ci_high": d.high, "p": d.p})
+            if kind == "classification":
+                (ya, sa), (_, sb) = _take(ra, pa_, ("y", "score")), _take(rb, pb, ("y", "score"))
+                if 2 <= ya.sum() <= len(ya) - 2:  # DeLong's variance needs two of each class
+                    dl = delong(ya, sa, sb)
+                    out["comparisons"].append({**pair, "metric": "auroc", "test": "delong", "value_a": dl["auc_a"],
+                                               "value_b": dl["auc_b"], "diff": dl["auc_a"] - dl["auc_b"],
+                                               "ci_low": np.nan, "ci_high": np.nan, "p": dl["p"]})
+    _fold_summaries(out, eval_id)
+    _correct(out["comparisons"])
+    return out
+
+
+def _fold_summaries(out: dict[str, list[dict]], eval_id: str) -> None:
+    """Across folds: median and t-interval per encoder; Friedman + Nemenyi with >= 3 encoders."""
+    by: dict[tuple, dict[str, dict[int, float]]] = {}
+    fsid: dict[str, str] = {}
+    for m in out["metrics"]:
+        if m["fold"] is None:
+            continue
+        by.setdefault((m["task"], m["head"], m["metric"]), {}).setdefault(m["encoder"], {})[m["fold"]] = m["value"]
+        fsid[m["encoder"]] = m["feature_set_id"]
+    for (task, head, metric), enc in sorted(by.items()):
+        folds = sorted(set.intersection(*(set(v) for v in enc.values())))
+        if len(folds) < 2:
+            continue
+        names = sorted(enc)
+        table = np.array([[enc[e][f] for e in names] for f in folds])  # [folds, encoders]
+        fr = None
+        if len(names) >= 3 and np.isfinite(table).all():
+            fr = friedman_nemenyi(table, higher_is_better=HIGHER_IS_BETTER[metric])
+        for j, e in enumerate(names):
+            v = table[:, j]
+            half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+            out["folds"].append({"eval_id": eval_id, "task": task, "head": head, "metric": metric, "encoder": e,
+                                 "feature_set_id": fsid[e], "folds": len(v), "median": float(np.median(v)),
+                                 "mean": float(v.mean()), "ci_low": float(v.mean() - half), "ci_high": float(v.mean() + half),
+                                 "mean_rank": float(fr["mean_rank"][j]) if fr else np.nan,
+                                 "friedman_statistic": fr["statistic"] if fr else np.nan, "friedman_p": fr["p"] if fr else np.nan})
+        if fr:
+            for i, j in itertools.combinations(range(len(names)), 2):
+                out["comparisons"].append({"eval_id": eval_id, "task": task, "head": head, "fold": None, "metric": metric,
+                                           "test": "nemenyi", "encoder_a": names[i], "encoder_b": names[j],
+                                           "feature_set_a": fsid[names[i]], "feature_set_b": fsid[names[j]],
+                                           "run_a": None, "run_b": None, "value_a": float(np.median(table[:, i])),
+                                           "value_b": float(np.median(table[:, j])),
+                                           "diff": float(fr["mean_rank"][i] - fr["mean_rank"][j]),
+                                           "ci_low": np.nan, "ci_high": np.nan, "p": float(fr["nemenyi_p"][i, j]), "n": len(folds)})
+
+
+def _correct(rows: list[dict]) -> None:
+    """Bonferroni and Holm over each family: the comparisons sharing a test and a metric."""
+    fam: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        r.update(p_bonferroni=np.nan, p_holm=np.nan, family_size=0)
+        fam.setdefault((r["test"], r["metric"]), []).append(i)
+    for members in fam.values():
+        members = [i for i in members if np.isfinite(rows[i]["p"])]  # undefined tests are not in the family
+        if not members:
+            continue
+        p = np.array([rows[i]["p"] for i in members])
+        if rows[members[0]]["test"] == "nemenyi":  # Nemenyi's p-values are already family-wise
+            bonf = holm = p
+        else:
+            bonf, holm = adjust(p, "bonferroni"), adjust(p, "holm")
+        for k, i in enumerate(members):
+            rows[i].update(p_bonferroni=float(bonf[k]), p_holm=float(holm[k]), family_size=len(members))
+
+
+def evaluate(store: Store, run_ids: Iterable[str] | None = None, cfg: EvalConfig | None = None,
+             progress: Callable[[str], None] | None = None) -> Evaluation:
+    """Evaluate runs (default: the latest of each kind) into a new immutable version, or
+    return the existing version when these exact inputs were evaluated before."""
+    cfg = cfg or EvalConfig()
+    ids = select_runs(store, run_ids)
+    runs = []
+    for rid in ids:
+        if progress:
+            progress(f"reading {rid}")
+        runs.append(load_run(store, rid, cfg))
+    eval_id = eval_id_for(runs, cfg)
+    loc = store.loc.child(METRICS_DIR, eval_id)
+    if loc.exists(EVAL_JSON):
+        return Evaluation(eval_id, loc.path(), False, loc.read_json(EVAL_JSON))
+    created = now_ms()
+    tables = compute(runs, cfg, eval_id, created)
+    for name, schema in TABLES.items():
+        loc.write_parquet(pa.Table.from_pylist(tables[name], schema=schema), f"{name}.parquet")
+    fs_meta = {}
+    for r in runs:
+        f = r.meta["feature_set_id"]
+        if f not in fs_meta:
+            spec = store.feature_set(f).spec if f in store.feature_set_ids() else None
+            fs_meta[f] = ({"encoder": spec.encoder, "weights_fingerprint": spec.weights_fingerprint, "labels": dict(spec.labels)}
+                          if spec else {"missing": True})
+    meta = {
+        "eval_id": eval_id,
+        "created_at": created.isoformat(),
+        "eval_version": EVAL_VERSION,
+        "code_version": code_version(),
+        "radstore_version": __version__,
+        "store_format_version": store.meta.get("format_version"),
+        "config": asdict(cfg),
+        "runs": [{"run_id": r.meta["run_id"], "task": r.meta["task"], "task_kind": r.meta["task_kind"],
+                  "head": r.meta["head"], "encoder": r.meta["encoder"], "feature_set_id": r.meta["feature_set_id"],
+                  "fold": r.meta.get("fold"), "predictions_sha256": r.sha256, "run_code_version": r.meta.get("code_version")}
+                 for r in runs],
+        "feature_sets": fs_meta,
+        "counts": {name: len(rows) for name, rows in tables.items()},
+    }
+    loc.write_json(meta, EVAL_JSON)  # last: the version exists from here on
+    return Evaluation(eval_id, loc.path(), True, meta)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def list_evaluations(store: Store) -> list[dict]:
+    """Every committed evaluation's eval.json, oldest first."""
+    out = []
+    for p in store.loc.list(METRICS_DIR):
+        eid = p.rstrip("/").rsplit("/", 1)[-1]
+        if store.loc.exists(METRICS_DIR, eid, EVAL_JSON):
+            out.append(store.loc.read_json(METRICS_DIR, eid, EVAL_JSON))
+    return sorted(out, key=lambda m: (m["created_at"], m["eval_id"]))
+
+
+def latest_eval_id(store: Store) -> str:
+    evals = list_evaluations(store)
+    if not evals:
+        raise RadstoreError(f"no evaluation in {store.url} yet (radstore evaluate --store {store.url} --all)")
+    return evals[-1]["eval_id"]
+
+
+def read_evaluation(store: Store, eval_id: str | None = None) -> tuple[dict, dict[str, pa.Table]]:
+    """(eval.json, {table name: table}) of one version (default: the latest)."""
+    eval_id = eval_id or latest_eval_id(store)
+    if not store.loc.exists(METRICS_DIR, eval_id, EVAL_JSON):
+        raise RadstoreError(f"no evaluation {eval_id!r} in {store.url} (radstore query --store ... 'select * from evaluations')")
+    meta = store.loc.read_json(METRICS_DIR, eval_id, EVAL_JSON)
+    tables = {name: store.loc.read_parquet([store.loc.path(METRICS_DIR, eval_id, f"{name}.parquet")], schema=schema)
+              for name, schema in TABLES.items()}
+    return meta, tables
+
+
+def results_table(metrics: pa.Table, primary_only: bool = True) -> list[dict]:
+    """Rows "encoder x head x task: value [low, high]" for printing (the study's table)."""
+    rows = []
+    for m in metrics.to_pylist():
+        if primary_only and not m["primary"]:
+            continue
+        rows.append({"task": m["task"], "head": m["head"], "encoder": m["encoder"],
+                     "fold": "" if m["fold"] is None else m["fold"], "metric": m["metric"],
+                     "value [95% CI]": f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]", "n": m["n"]})
+    return sorted(rows, key=lambda r: (r["task"], r["head"], str(r["fold"]), r["encoder"]))

@@ -1,0 +1,195 @@
+"""SQL over a store: DuckDB views of every table radstore writes.
+
+The views (``radstore query --store S "SQL"``; the same from Python with :func:`connect`):
+
+============  ==================================================================================
+images        one row per ingested image (``images/part-*.parquet``, first ingest wins)
+features      one row per feature set: encoder, weights, grid, dims, committed images
+cls           long form: feature_set_id, image_id, row, shard, cls (FLOAT[]), sha256, extracted_at
+              (``features/<id>/cls/*.parquet``, first commit of an image wins)
+runs          one row per training run (``runs/<run_id>/run.json``)
+predictions   test-set predictions of every run, with the run's task, head, encoder, fold
+              (``runs/<run_id>/predictions.parquet``)
+evaluations   one row per committed evaluation version (``metrics/<eval_id>/eval.json``)
+metrics       every metric row of every version (``metrics/<eval_id>/metrics.parquet``)
+latest        metrics, the newest version of each (task, head, encoder, feature set, fold, metric)
+comparisons   paired comparisons with raw and corrected p (``metrics/<eval_id>/comparisons.parquet``)
+per_image     per-image Dice/IoU of segmentation runs; ``folds``: summaries across folds
+============  ==================================================================================
+
+Tables are scanned lazily as Arrow datasets (local disk, or object storage through fsspec),
+so a query that touches one column of ``cls`` reads that column only. Only committed data
+is visible: cls parts (their presence is the commit), runs and evaluations whose json
+exists.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from evaluation.artifacts import METRICS_DIR, TABLES, list_evaluations
+from featurestore import layout
+from featurestore.errors import RadstoreError
+from featurestore.store import Store
+from heads.runs import RUNS_DIR, list_runs
+
+VIEWS = ("images", "features", "cls", "runs", "predictions", "evaluations", "metrics", "latest", "comparisons", "per_image", "folds")
+RUN_COLUMNS = ("run_id", "task", "task_kind", "head", "encoder", "feature_set_id", "fold", "seed", "created_at",
+               "best_epoch", "epochs", "code_version")
+
+
+def _filesystem(store: Store) -> pafs.FileSystem:
+    if store.loc.is_local:
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(store.loc.fs))
+
+
+def _dataset(store: Store, paths: list[str], schema: pa.Schema, **kw: Any) -> ds.Dataset | pa.Table:
+    if not paths:
+        return schema.empty_table()
+    return ds.dataset(paths, schema=schema, format="parquet", filesystem=_filesystem(store), **kw)
+
+
+def _features(store: Store) -> pa.Table:
+    rows = []
+    for fs in store.feature_sets():
+        s = fs.spec
+        rows.append({"feature_set_id": fs.id, "encoder": s.encoder, "weights": str(s.labels.get("weights", "")),
+                     "weights_fingerprint": s.weights_fingerprint, "channels": s.grid[0], "grid_h": s.grid[1],
+                     "grid_w": s.grid[2], "global_dim": s.global_dim, "dtype": s.dtype, "shard_images": s.shard_images,
+                     "preprocessing": str(s.preprocessing)})
+    schema = pa.schema([("feature_set_id", pa.string()), ("encoder", pa.string()), ("weights", pa.string()),
+                        ("weights_fingerprint", pa.string()), ("channels", pa.int64()), ("grid_h", pa.int64()),
+                        ("grid_w", pa.int64()), ("global_dim", pa.int64()), ("dtype", pa.string()),
+                        ("shard_images", pa.int64()), ("preprocessing", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _runs(store: Store) -> pa.Table:
+    rows = [{k: r.get(k) for k in RUN_COLUMNS} for r in list_runs(store)]
+    for r in rows:
+        r["created_at"] = datetime.fromisoformat(r["created_at"])
+    schema = pa.schema([("run_id", pa.string()), ("task", pa.string()), ("task_kind", pa.string()), ("head", pa.string()),
+                        ("encoder", pa.string()), ("feature_set_id", pa.string()), ("fold", pa.int32()), ("seed", pa.int64()),
+                        ("created_at", pa.timestamp("us", tz="UTC")), ("best_epoch", pa.int64()), ("epochs", pa.int64()),
+                        ("code_version", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _evaluations(evals: list[dict]) -> pa.Table:
+    rows = [{"eval_id": e["eval_id"], "created_at": datetime.fromisoformat(e["created_at"]), "code_version": e["code_version"],
+             "store_format_version": e.get("store_format_version"), "runs": len(e["runs"]),
+             "resamples": e["config"]["resamples"], "seed": e["config"]["seed"], "method": e["config"]["method"],
+             "empty_both": e["config"]["empty_both"]} for e in evals]
+    schema = pa.schema([("eval_id", pa.string()), ("created_at", pa.timestamp("us", tz="UTC")), ("code_version", pa.string()),
+                        ("store_format_version", pa.int64()), ("runs", pa.int64()), ("resamples", pa.int64()),
+                        ("seed", pa.int64()), ("method", pa.string()), ("empty_both", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _predictions(store: Store, run_ids: list[str]) -> ds.Dataset | pa.Table:
+    """All runs' predictions in one schema (score for classification, value for regression,
+    mask columns for segmentation; absent columns are NULL), run_id from the directory name."""
+    paths = [store.loc.path(RUNS_DIR, r, "predictions.parquet") for r in run_ids]
+    schema = pa.schema([("image_id", pa.string()), ("split", pa.string()), ("score", pa.float64()), ("value", pa.float64()),
+                        ("label", pa.float64()), ("mask_row", pa.int64()), ("positive_pixels", pa.int64()),
+                        ("predicted_pixels", pa.int64()), ("run_id", pa.string())])
+    if not paths:
+        return schema.empty_table()
+    part = ds.partitioning(pa.schema([("run_id", pa.string())]))
+    return ds.dataset(paths, schema=schema, format="parquet", filesystem=_filesystem(store), partitioning=part,
+                      partition_base_dir=store.loc.path(RUNS_DIR))
+
+
+def connect(store: Store | str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with every view of the store registered."""
+    store = Store.open(store) if isinstance(store, str) else store
+    con = con or duckdb.connect()
+    con.register("images", store.images())
+    con.register("_features", _features(store))
+    # cls: one dataset per feature set (each has its own vector width), unioned in long form.
+    selects = []
+    for i, fs in enumerate(store.feature_sets()):
+        con.register(f"_cls_{i}", _dataset(store, fs.cls_parts(), fs.cls_schema))
+        selects.append(f"SELECT '{fs.id}' AS feature_set_id, image_id, row, shard, CAST(cls AS FLOAT[]) AS cls, sha256, "
+                       f"extracted_at FROM _cls_{i} QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY row) = 1")
+    if not selects:
+        con.register("_cls_empty", layout.cls_schema(1).empty_table())
+        selects.append("SELECT '' AS feature_set_id, image_id, row, shard, CAST(cls AS FLOAT[]) AS cls, sha256, extracted_at FROM _cls_empty")
+    con.execute("CREATE OR REPLACE VIEW cls AS " + " UNION ALL ".join(selects))
+    con.execute("CREATE OR REPLACE VIEW features AS SELECT f.*, coalesce(c.images, 0) AS images FROM _features f "
+                "LEFT JOIN (SELECT feature_set_id, count(*) AS images FROM cls GROUP BY 1) c USING (feature_set_id)")
+    runs = _runs(store)
+    con.register("runs", runs)
+    con.register("_predictions", _predictions(store, runs.column("run_id").to_pylist()))
+    con.execute("CREATE OR REPLACE VIEW predictions AS SELECT p.*, r.task, r.task_kind, r.head, r.encoder, r.feature_set_id, "
+                "r.fold FROM _predictions p JOIN runs r USING (run_id)")
+    evals = list_evaluations(store)
+    con.register("evaluations", _evaluations(evals))
+    for name, schema in TABLES.items():
+        paths = [store.loc.path(METRICS_DIR, e["eval_id"], f"{name}.parquet") for e in evals]
+        con.register(name, _dataset(store, paths, schema))
+    con.execute("CREATE OR REPLACE VIEW latest AS SELECT * FROM metrics QUALIFY row_number() OVER "
+                "(PARTITION BY task, head, encoder, feature_set_id, fold, metric ORDER BY created_at DESC, eval_id DESC) = 1")
+    return con
+
+
+def query(store: Store | str, sql: str) -> pa.Table:
+    """Run one SQL statement over the store's views; a clear error names the views on failure."""
+    con = connect(store)
+    try:
+        rel = con.sql(sql)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
+    except duckdb.Error as e:
+        raise RadstoreError(f"query failed: {e}\nviews: {', '.join(VIEWS)} (radstore query --help)") from None
+
+
+def write_result(table: pa.Table, out: str) -> str:
+    """Write a query result as CSV or Parquet, chosen by the file's suffix."""
+    if out.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, out)
+    elif out.endswith(".csv"):
+        import pyarrow.csv as pcsv
+
+        nested = [f.name for f in table.schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)]
+        if nested:
+            raise RadstoreError(f"CSV cannot hold the vector column(s) {', '.join(nested)}; write .parquet or select scalars")
+        pcsv.write_csv(table, out)
+    else:
+        raise RadstoreError(f"--out {out!r}: use a .csv or .parquet file name")
+    return out
+
+
+__all__ = ["VIEWS", "connect", "query", "write_result"]
+
+
+# The README's example queries (tests run each of them).
+EXAMPLES: dict[str, str] = {
+    "best encoder per task, with its CI (latest numbers)": """
+SELECT task, head, encoder, metric, round(value, 3) AS value, round(ci_low, 3) AS ci_low, round(ci_high, 3) AS ci_high, n
+FROM latest WHERE "primary" AND fold IS NULL
+QUALIFY row_number() OVER (PARTITION BY task ORDER BY CASE WHEN metric = 'mae' THEN -value ELSE value END DESC NULLS LAST) = 1
+ORDER BY task""",
+    "history of one metric across evaluation versions": """
+SELECT m.created_at, m.eval_id, e.code_version, m.encoder, m.head, round(m.value, 4) AS auroc, round(m.ci_low, 4) AS ci_low,
+       round(m.ci_high, 4) AS ci_high
+FROM metrics m JOIN evaluations e USING (eval_id)
+WHERE m.task = 'cardiomegaly-cls' AND m.metric = 'auroc' AND m.fold IS NULL
+ORDER BY m.encoder, m.created_at""",
+    "images where two encoders disagree most": """
+WITH p AS (SELECT image_id, encoder, score, label FROM predictions
+           WHERE task = 'cardiomegaly-cls' AND fold IS NULL
+           QUALIFY row_number() OVER (PARTITION BY image_id, encoder ORDER BY run_id DESC) = 1)
+SELECT a.image_id, a.label, round(a.score, 3) AS pixels, round(b.score, 3) AS rad_dino, round(abs(a.score - b.score), 3) AS gap
+FROM p a JOIN p b USING (image_id)
+WHERE a.encoder = 'pixels' AND b.encoder = 'rad-dino'
+ORDER BY gap DESC LIMIT 10""",
+}

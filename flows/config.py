@@ -1,0 +1,137 @@
+"""The study as one typed configuration: the file ``radstore study --config`` reads, the
+parameters the ``study`` flow and its deployments take, and what the tests build.
+
+Every knob has a default that works on a laptop; ``configs/demo.yaml`` and
+``configs/study.yaml`` (the study as published) are complete, commented examples. Unknown
+keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from featurestore.errors import RadstoreError
+
+FALLBACKS = ("random:tiny", "random", "error")
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """One encoder of the grid. ``weights``: a folder, ``random``/``random:tiny``, or None to
+    look in $RADSTORE_WEIGHTS_DIR/<name> and the Hugging Face cache."""
+
+    name: str
+    weights: str | None = None
+    size: int | None = None
+    bits: int | None = None
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    store: str = "demo/store"  # directory or fsspec URL (s3://bucket/prefix)
+    manifest: str = "demo/cohort/manifest.parquet"
+    # fsspec options for an object store, e.g. {"endpoint_url": "http://minio:9000"}; credentials
+    # come from here or from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    encoders: tuple[EncoderEntry, ...] = (
+        EncoderEntry("rad-dino"), EncoderEntry("chexagent"), EncoderEntry("biomedclip"),
+        EncoderEntry("pixels"), EncoderEntry("random-vit"),
+    )
+    # What an encoder whose weights are not found locally gets: random:tiny (printed loudly; a
+    # test of the plumbing, not of the model), random (the real-size architecture), or error.
+    missing_weights: str = "random:tiny"
+    tasks: tuple[str, ...] = ("pneumothorax-cls", "cardiomegaly-cls", "ctr-reg", "pneumothorax-seg", "heart-seg")
+    heads: tuple[str, ...] = ("linear", "cross-attention")  # cross-attention is trained for segmentation tasks only
+    folds: tuple[int, ...] | None = None  # None: the manifest's split; e.g. [0,1,2,3,4] for 5-fold CV by patient
+    train: dict[str, Any] = field(default_factory=dict)  # any heads.train.TrainConfig field (lr, max_epochs, solver, ...)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # any evaluation.artifacts.EvalConfig field
+    report: str | None = None  # report directory; None: <store>/../report for a local store, no report for a remote one
+    runner: str = "local"  # local | dask (a LocalCluster) | dask:tcp://scheduler:8786 (an existing cluster)
+    device: str = "auto"
+    num_workers: int = 1  # image-decoding processes per extraction task
+    schedule: str = "0 2 * * *"  # cron of the nightly backfill deployment (radstore serve)
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        from evaluation.artifacts import EvalConfig
+        from heads.tasks import HEADS, get_task
+        from heads.train import TrainConfig
+
+        object.__setattr__(self, "encoders", tuple(e if isinstance(e, EncoderEntry) else _entry(e) for e in self.encoders))
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "heads", tuple(self.heads))
+        if self.folds is not None:
+            object.__setattr__(self, "folds", tuple(int(f) for f in self.folds))
+        if self.missing_weights not in FALLBACKS:
+            raise RadstoreError(f"missing_weights must be one of {FALLBACKS}, got {self.missing_weights!r}")
+        if not self.encoders:
+            raise RadstoreError("the study needs at least one encoder")
+        for t in self.tasks:
+            get_task(t)
+        for h in self.heads:
+            if h not in HEADS:
+                raise RadstoreError(f"unknown head {h!r}; choose from {', '.join(HEADS)}")
+        bad = set(self.train) - {f.name for f in fields(TrainConfig)} | ({"task", "head", "fold"} & set(self.train))
+        if bad:
+            raise RadstoreError(f"train: unknown or per-run key(s) {', '.join(sorted(bad))}")
+        EvalConfig(**self.evaluation)  # validates
+        from featurestore.encoders import ENCODERS
+
+        for e in self.encoders:
+            if e.name not in ENCODERS:
+                raise RadstoreError(f"unknown encoder {e.name!r}; choose from {', '.join(ENCODERS)}")
+
+    @property
+    def report_dir(self) -> str | None:
+        if self.report:
+            return self.report
+        if "://" in self.store and not self.store.startswith("file://"):
+            return None
+        return str(Path(self.store).parent / "report")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["encoders"] = [asdict(e) for e in self.encoders]
+        d["tasks"], d["heads"] = list(self.tasks), list(self.heads)
+        d["folds"] = None if self.folds is None else list(self.folds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "StudyConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise RadstoreError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+def _entry(e: Any) -> EncoderEntry:
+    if isinstance(e, str):
+        return EncoderEntry(e)
+    if isinstance(e, dict):
+        known = {f.name for f in fields(EncoderEntry)}
+        if set(e) - known:
+            raise RadstoreError(f"encoder entry {e}: unknown key(s) {', '.join(sorted(set(e) - known))}")
+        return EncoderEntry(**e)
+    raise RadstoreError(f"encoder entry {e!r}: give a name or a mapping with name/weights/size/bits/batch_size")
+
+
+def load_config(path: str | os.PathLike, **overrides: Any) -> StudyConfig:
+    """Read a YAML (or JSON) study config; relative paths in it are relative to the current directory."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise RadstoreError(f"config file {p} not found (examples: configs/demo.yaml, configs/study.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RadstoreError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RadstoreError(f"config file {p}: expected a mapping of settings at the top level")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return StudyConfig.from_dict(data, source=str(p))

@@ -1,0 +1,139 @@
+"""Versioned metric artifacts: numbers equal their oracles, versions are immutable and coexist."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import zarr
+from sklearn.metrics import average_precision_score, mean_absolute_error, r2_score, roc_auc_score
+
+from evaluation.artifacts import (METRICS_DIR, EvalConfig, evaluate, list_evaluations, read_evaluation,
+                                  select_runs)
+from featurestore.errors import RadstoreError
+from featurestore.store import Store
+from heads.runs import RUNS_DIR, read_predictions, read_run
+
+
+def test_every_metric_equals_its_oracle(evaluated_store):
+    url, eval_id, _ = evaluated_store
+    store = Store.open(url)
+    meta, t = read_evaluation(store, eval_id)
+    rows = t["metrics"].to_pylist()
+    assert {r["metric"] for r in rows} == {"auroc", "auprc", "r2", "mae", "dice", "iou"}
+    assert {r["encoder"] for r in rows} == {"pixels", "rad-dino", "chexagent"}
+    checked = 0
+    for r in rows:
+        p = read_predictions(store, r["run_id"]).to_pandas()
+        assert r["n"] == len(p) and r["resamples"] == 200 and r["seed"] == 1
+        if r["metric"] in ("auroc", "auprc"):
+            if r["metric"] == "auroc" and p.label.nunique() < 2:
+                assert np.isnan(r["value"])
+                continue
+            if p.label.sum() == 0:
+                continue
+            fn = roc_auc_score if r["metric"] == "auroc" else average_precision_score
+            expect = fn(p.label, p.score)
+        elif r["metric"] in ("r2", "mae"):
+            expect = (r2_score if r["metric"] == "r2" else mean_absolute_error)(p.label, p.value)
+        else:  # Dice / IoU recomputed from the run's stored masks, one image at a time
+            loc = store.loc.child(RUNS_DIR, r["run_id"])
+            pred = zarr.open_array(loc.zarr_store("masks.zarr", read_only=True))[:] > 0.5
+            true = zarr.open_array(loc.zarr_store("targets.zarr", read_only=True))[:] > 0
+            per = []
+            for a, b in zip(true, pred):
+                inter, tot, uni = (a & b).sum(), a.sum() + b.sum(), (a | b).sum()
+                per.append((1.0 if tot == 0 else 2 * inter / tot) if r["metric"] == "dice" else (1.0 if uni == 0 else inter / uni))
+            expect = np.mean(per)
+        assert r["value"] == pytest.approx(expect, abs=1e-12), r
+        assert r["ci_low"] <= r["value"] + 1e-12 and r["value"] - 1e-12 <= r["ci_high"] or np.isnan(r["ci_low"])
+        checked += 1
+    assert checked >= 30
+    assert meta["config"]["resamples"] == 200 and len(meta["runs"]) == len({r["run_id"] for r in rows})
+    assert meta["store_format_version"] == 1 and meta["code_version"]
+
+
+def test_comparisons_are_paired_and_corrected(evaluated_store):
+    url, eval_id, _ = evaluated_store
+    _, t = read_evaluation(Store.open(url), eval_id)
+    c = t["comparisons"].to_pandas()
+    assert set(c.test) == {"paired-bootstrap", "delong", "nemenyi"}
+    undefined = c[c.p.isna()]
+    assert undefined.p_bonferroni.isna().all() and (undefined.family_size == 0).all()
+    for (test, metric), g in c[c.p.notna()].groupby(["test", "metric"]):
+        assert (g.family_size == len(g)).all()
+        if test != "nemenyi":
+            assert np.allclose(g.p_bonferroni, np.minimum(1, g.p * len(g)))
+            assert (g.p_holm <= g.p_bonferroni + 1e-15).all() and (g.p_holm >= g.p - 1e-15).all()
+    # Three encoders: three pairs per (task, head, fold, metric) of the paired bootstrap.
+    pb = c[c.test == "paired-bootstrap"]
+    assert (pb.groupby(["task", "head", "fold", "metric"], dropna=False).size() == 3).all()
+    assert np.allclose(pb["diff"], pb.value_a - pb.value_b, equal_nan=True)
+    m = t["metrics"].to_pandas()
+    one = pb.iloc[0]
+    va = m[(m.run_id == one.run_a) & (m.metric == one.metric)].value.item()
+    assert va == pytest.approx(one.value_a)
+    f = t["folds"].to_pandas()
+    assert set(f.task) == {"cardiomegaly-cls"} and (f.folds == 2).all() and set(f.encoder) == {"pixels", "rad-dino", "chexagent"}
+    assert f.friedman_p.notna().all() and np.isclose(f[f.metric == "auroc"].mean_rank.sum(), 6)
+
+
+def test_identical_inputs_same_version_new_inputs_new_version(evaluated_store):
+    url, eval_id, _ = evaluated_store
+    store = Store.open(url)
+    before = store.loc.read_bytes(METRICS_DIR, eval_id, "metrics.parquet")
+    again = evaluate(store, None, EvalConfig(resamples=200, seed=1))
+    assert again.eval_id == eval_id and not again.created
+    assert store.loc.read_bytes(METRICS_DIR, eval_id, "metrics.parquet") == before
+    # Recomputed from scratch, the same inputs give the same numbers.
+    from evaluation.artifacts import compute, load_run
+    cfg = EvalConfig(resamples=200, seed=1)
+    runs = [load_run(store, r, cfg) for r in select_runs(store)]
+    rows = compute(runs, cfg, eval_id, again.meta and read_evaluation(store, eval_id)[1]["metrics"].column("created_at")[0].as_py())
+    assert pa.Table.from_pylist(rows["metrics"]).column("value").to_pylist() == pytest.approx(
+        read_evaluation(store, eval_id)[1]["metrics"].column("value").to_pylist(), nan_ok=True)
+    # Other inputs (a subset of runs, another seed): new versions, the old one untouched.
+    sub = [r for r in select_runs(store) if read_run(store, r)["task"] == "ctr-reg"]
+    other = evaluate(store, sub, EvalConfig(resamples=200, seed=1))
+    reseed = evaluate(store, sub, EvalConfig(resamples=200, seed=2))
+    assert len({eval_id, other.eval_id, reseed.eval_id}) == 3 and other.created and reseed.created
+    assert store.loc.read_bytes(METRICS_DIR, eval_id, "metrics.parquet") == before
+    ids = [e["eval_id"] for e in list_evaluations(store)]
+    assert {eval_id, other.eval_id, reseed.eval_id} <= set(ids)
+
+
+def test_a_version_without_eval_json_is_invisible(evaluated_store, tmp_path):
+    url, eval_id, _ = evaluated_store
+    store = Store.open(url)
+    store.loc.write_parquet(pa.table({"x": [1]}), METRICS_DIR, "eval-crashed", "metrics.parquet")
+    assert "eval-crashed" not in [e["eval_id"] for e in list_evaluations(store)]
+    with pytest.raises(RadstoreError, match="no evaluation 'eval-crashed'"):
+        read_evaluation(store, "eval-crashed")
+
+
+def test_bad_inputs_name_the_culprit(evaluated_store):
+    url, _, _ = evaluated_store
+    store = Store.open(url)
+    with pytest.raises(RadstoreError, match="no run 'nope'"):
+        evaluate(store, ["nope"])
+    with pytest.raises(RadstoreError, match="resamples"):
+        EvalConfig(resamples=10)
+    with pytest.raises(RadstoreError, match="empty_both"):
+        EvalConfig(empty_both="maybe")
+    # A run whose predictions hold NaN: the error names the run and the image.
+    rid = next(r for r in select_runs(store) if read_run(store, r)["task"] == "ctr-reg")
+    bad = rid + "-nan"
+    src = store.loc.child(RUNS_DIR, rid)
+    meta = src.read_json("run.json") | {"run_id": bad}
+    p = read_predictions(store, rid)
+    vals = p.column("value").to_numpy().copy()
+    vals[0] = np.nan
+    p = p.set_column(p.schema.get_field_index("value"), "value", pa.array(vals))
+    dst = store.loc.child(RUNS_DIR, bad)
+    dst.write_parquet(p, "predictions.parquet")
+    dst.write_json(meta, "run.json")
+    try:
+        with pytest.raises(RadstoreError, match=f"run {bad}: value is NaN/Inf for {p.column('image_id')[0].as_py()}"):
+            evaluate(store, [bad])
+    finally:
+        store.loc.fs.rm(dst.path(), recursive=True)
