@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from featurestore.store import Store
-from flows.config import StudyConfig
+from flows.config import StudyConfig, load_config
 from flows.evaluate import evaluate_flow
 from flows.extract import run_extraction, task_runner_for
 from flows.train import grid_configs, train_task
@@ -99,13 +99,20 @@ def _embed_all(cfg: StudyConfig, timings: dict[str, float]) -> tuple[dict[str, s
     return feature_sets, extracted
 
 
+def _config(config: dict[str, Any] | None, config_file: str | None) -> StudyConfig:
+    if config_file:
+        return load_config(config_file, **(config or {}))
+    return StudyConfig.from_dict(config or {})
+
+
 @flow(name="backfill", log_prints=True)
-def backfill(config: dict[str, Any] | None = None, follow_on: str | None = None) -> dict:
+def backfill(config: dict[str, Any] | None = None, follow_on: str | None = None, config_file: str | None = None) -> dict:
     """Nightly: embed the manifest's new images with every encoder; when there were any, start
-    a run of the ``follow_on`` deployment (e.g. ``study/after-backfill``) to train and evaluate."""
+    a run of the ``follow_on`` deployment (e.g. ``study/after-backfill``) to train and evaluate.
+    ``config_file``: a study YAML read when the run starts (``config`` then overrides its keys)."""
     from prefect.deployments import run_deployment
 
-    cfg = StudyConfig.from_dict(config or {})
+    cfg = _config(config, config_file)
     timings: dict[str, float] = {}
     feature_sets, extracted = _embed_all(cfg, timings)
     new = sum(e["done"] for e in extracted.values())
@@ -119,10 +126,11 @@ def backfill(config: dict[str, Any] | None = None, follow_on: str | None = None)
 
 
 @flow(name="study", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def study(config: dict[str, Any] | None = None) -> dict:
+def study(config: dict[str, Any] | None = None, config_file: str | None = None) -> dict:
     """The whole grid; returns {timings per stage, feature_sets, runs, trained, reused, eval_id, report}.
-    ``config``: a StudyConfig as a dict (JSON, as deployments pass it)."""
-    cfg = StudyConfig.from_dict(config or {})
+    ``config``: a StudyConfig as a dict (JSON, as deployments pass it); or ``config_file``, a
+    study YAML read when the run starts (``config`` then overrides its keys)."""
+    cfg = _config(config, config_file)
     log = get_run_logger()
     so = cfg.storage_options or None
     timings: dict[str, float] = {}

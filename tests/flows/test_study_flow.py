@@ -166,3 +166,38 @@ def test_scale_out_on_dask_into_s3(prefect_server, s3_server, cohort, tmp_path):
     np.testing.assert_allclose(local.feature_set(fs.id).patches(ids[:3]).astype(np.float32), got, rtol=1e-3, atol=1e-3)
     assert [r["task"] for r in list_runs(store)] == ["heart-seg"]
     assert store.loc.exists("metrics", out["eval_id"], "eval.json")
+
+
+def test_prefect_yaml_deploys_the_served_flows_to_the_work_pool():
+    """prefect.yaml (work-pool deployments) names the same flows, names and parameters as
+    flows/deployments.py (served); each entrypoint resolves to a flow taking those parameters."""
+    import importlib
+    import inspect
+
+    from flows.deployments import deployments
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    served = {d.name: d for d in deployments(StudyConfig())}
+    assert {d["name"] for d in spec["deployments"]} == set(served)
+    for d in spec["deployments"]:
+        module, func = d["entrypoint"].split(":")
+        f = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
+        assert f.name == served[d["name"]].flow_name
+        params = inspect.signature(f.fn).parameters
+        assert set(d.get("parameters", {})) <= set(params), d["name"]
+        assert d["work_pool"]["name"] == "radstore-gpu"
+    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly-backfill")
+    assert nightly["schedules"][0]["cron"] == StudyConfig().schedule
+    assert nightly["parameters"]["follow_on"] == "study/after-backfill"
+
+
+def test_config_file_parameter(prefect_server, cohort, tmp_path):
+    """Deployments may pass the path of a study YAML instead of its contents."""
+    from flows.study import backfill
+
+    cfg = small_config(tmp_path, cohort, encoders=["pixels"])
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_json()))
+    out = backfill(config_file=str(path))
+    assert out["new"] == COHORT.n and out["follow_on_run"] is None
+    assert backfill(config_file=str(path))["new"] == 0
