@@ -399,12 +399,7 @@ def evaluate(store: Store, run_ids: Iterable[str] | None = None, cfg: EvalConfig
 
 def list_evaluations(store: Store) -> list[dict]:
     """Every committed evaluation's eval.json, oldest first."""
-    out = []
-    for p in store.loc.list(METRICS_DIR):
-        eid = p.rstrip("/").rsplit("/", 1)[-1]
-        if store.loc.exists(METRICS_DIR, eid, EVAL_JSON):
-            out.append(store.loc.read_json(METRICS_DIR, eid, EVAL_JSON))
-    return sorted(out, key=lambda m: (m["created_at"], m["eval_id"]))
+    return sorted(store.committed_records(METRICS_DIR, EVAL_JSON), key=lambda m: (m["created_at"], m["eval_id"]))
 
 
 def latest_eval_id(store: Store) -> str:

@@ -75,6 +75,16 @@ class Store:
         return self.loc.read_parquet(self.loc.list(layout.INGEST_ERRORS_DIR, suffix=".parquet"), schema=layout.INGEST_ERRORS_SCHEMA)
 
     # -- feature sets -----------------------------------------------------------------------
+    def committed_records(self, directory: str, marker: str) -> list[dict]:
+        """The ``marker`` json of every ``directory/<id>/`` that has one (runs, evaluations):
+        the marker is written last, so an entry without it is an unfinished write."""
+        out = []
+        for p in self.loc.list(directory):
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if self.loc.exists(directory, name, marker):
+                out.append(self.loc.read_json(directory, name, marker))
+        return out
+
     def feature_set_ids(self) -> list[str]:
         out = []
         for p in self.loc.list(layout.FEATURES_DIR):

@@ -101,12 +101,7 @@ def write_run(store: Store, rec: RunRecord, model: torch.nn.Module, ids: list[st
 
 
 def list_runs(store: Store) -> list[dict]:
-    out = []
-    for p in store.loc.list(RUNS_DIR):
-        rid = p.rstrip("/").rsplit("/", 1)[-1]
-        if store.loc.exists(RUNS_DIR, rid, RUN_JSON):
-            out.append(store.loc.read_json(RUNS_DIR, rid, RUN_JSON))
-    return out
+    return store.committed_records(RUNS_DIR, RUN_JSON)
 
 
 # Config fields that change how a run is computed, not what it computes.
