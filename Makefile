@@ -38,10 +38,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.store_io
-	$(PY) -m benchmarks.extraction
-	$(PY) -m benchmarks.training
-	$(PY) -m benchmarks.evaluation
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,61 +1,83 @@
-"""Training-read throughput: the streaming loader against embeddings in RAM and per-image .npy.
+"""Issue #7, item 2: the shuffled streaming training loader against RAM and per-image .npy reads.
 
-Three figures on the same random 768x37x37 grids, side by side in one run:
-- loader only: images/s of one shuffled epoch through :class:`heads.data.StreamingLoader`
-  (store, shard by shard), of the same loader with ``in_memory=True``, and of reading one
-  ``.npy`` file per image in shuffled order;
-- one training epoch of the linear segmentation head (the cheapest compute, so the most
-  sensitive to I/O) streaming from the store against the same epoch from RAM.
+On the same 768x37x37 grids (float16 in the store, float32 in the .npy files), side by side:
 
-Run: ``.venv/bin/python -m benchmarks.training --n 256``.
+- one shuffled epoch of :class:`heads.data.StreamingLoader` streaming from the store (shard
+  by shard, through the shuffle buffer, float32 batches of 16);
+- the same loader with ``in_memory=True``: the split held in RAM, indexed (the ceiling);
+- ``np.load`` of one ``.npy`` per image in shuffled order, stacked into float32 batches of 16;
+- at one size, a training epoch of the linear segmentation head (the cheapest head, so the
+  most sensitive to I/O) streaming from the store against the same epoch from RAM.
+
+Run alone: ``.venv/bin/python -m benchmarks.training [--sizes 64 256 1024]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import median_time, write_results
-from featurestore.featureset import FeatureSetSpec
+from benchmarks.common import Row, compare, format_table, rate_row, scratch_dir, speedups, summary, with_ratio, write_results
+from benchmarks.store_io import GRID, _pool, write_npy, write_store
 from featurestore.store import Store
 from heads.data import StreamingLoader
 from heads.linear import LinearSegProbe
 
+STAGE = "2 training read"
 
-def run(n: int = 256, reps: int = 3, grid=(768, 37, 37), batch: int = 16, target: int = 64) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="radstore-bench-train-"))
-    rng = np.random.default_rng(0)
-    ids = [f"img{i:06d}" for i in range(n)]
-    store = Store.open(str(root / "store"), create=True)
-    fs = store.create_feature_set(FeatureSetSpec("bench", "none", grid, grid[0]))
-    (root / "npy").mkdir()
-    with fs.writer() as w:
-        for k in range(0, n, batch):
-            p = rng.standard_normal((min(batch, n - k), *grid), dtype=np.float32)
-            w.write(ids[k : k + batch], rng.standard_normal((len(p), grid[0]), dtype=np.float32), p)
-            for i, x in zip(ids[k : k + batch], p):
-                np.save(root / "npy" / f"{i}.npy", x)
-    y = (rng.random((n, target, target)) > 0.9).astype(np.float32)
-    stream = StreamingLoader(fs, ids, y, batch_size=batch, shuffle=True, need_global=False, need_patches=True)
-    memory = StreamingLoader(fs, ids, y, batch_size=batch, shuffle=True, need_global=False, need_patches=True, in_memory=True)
 
-    def drain(loader):
-        for _ in loader:
-            pass
+def run(sizes=(64, 256, 1024), epoch_size: int = 256, reps: int = 3, batch: int = 16, target: int = 64) -> dict:
+    patches, cls = _pool()
+    rows: list[Row] = []
+    details: dict = {}
+    root = scratch_dir("train")
+    try:
+        for n in sizes:
+            ids = [f"img{i:07d}" for i in range(n)]
+            write_store(root / "store", ids, patches, cls, batch)
+            write_npy(root / "npy", ids, patches, cls)
+            os.sync()  # untimed: no writeback of these files competes with the reads below
+            fs = Store.open(str(root / "store")).feature_sets()[0]
+            y = (np.random.default_rng(0).random((n, target, target)) > 0.9).astype(np.float32)
+            kw = dict(batch_size=batch, shuffle=True, need_global=False, need_patches=True)
+            stream = StreamingLoader(fs, ids, y, **kw)
+            memory = StreamingLoader(fs, ids, y, in_memory=True, **kw)
+            rng = np.random.default_rng(1)
 
-    def npy_epoch():
-        order = rng.permutation(n)
-        for k in range(0, n, batch):
-            np.stack([np.load(root / "npy" / f"{ids[i]}.npy") for i in order[k : k + batch]])
+            def drain(loader):
+                for b in loader:
+                    pass
 
+            def npy_epoch():
+                order = rng.permutation(n)
+                for k in range(0, n, batch):
+                    torch.from_numpy(np.stack([np.load(root / "npy" / f"{ids[i]}.npy") for i in order[k : k + batch]]))
+
+            t = compare({"npy": npy_epoch, "stream": lambda: drain(stream), "memory": lambda: drain(memory)}, reps)
+            details[n] = {"seconds": t, "max_buffered": stream.max_buffered}
+            rows.append(rate_row(STAGE, "npy per image, shuffled, float32 batches", n, t["npy"]))
+            rows.append(rate_row(STAGE, "loader in RAM (in_memory=True, ceiling)", n, t["memory"]))
+            sp = speedups(t["npy"], t["stream"])
+            rows.append(with_ratio(rate_row(STAGE, "loader streaming from the store", n, t["stream"]), sp, "npy", ">= 1.0x", sp[0] >= 1.0))
+            rows.append(with_ratio(rate_row(STAGE, "loader streaming vs in RAM", n, t["stream"]), speedups(t["memory"], t["stream"]), "in RAM"))
+            if n == epoch_size:
+                rows += _epochs(stream, memory, n, reps, target, details)
+            stream = memory = None  # free the in-RAM copy before the next size
+            shutil.rmtree(root / "store", ignore_errors=True)
+            shutil.rmtree(root / "npy", ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"stage": STAGE, "sizes": list(sizes), "epoch_size": epoch_size, "reps": reps, "batch": batch, "grid": list(GRID), "rows": rows, "details": details}
+
+
+def _epochs(stream, memory, n: int, reps: int, target: int, details: dict) -> list[Row]:
     torch.manual_seed(0)
-    head = LinearSegProbe(grid[0], target)
+    head = LinearSegProbe(GRID[0], target)
     opt = torch.optim.AdamW(head.parameters(), lr=1e-4)
 
     def train_epoch(loader):
@@ -65,39 +87,28 @@ def run(n: int = 256, reps: int = 3, grid=(768, 37, 37), batch: int = 16, target
             loss.backward()
             opt.step()
 
-    res = {
-        "loader_stream": median_time(lambda: drain(stream), reps),
-        "loader_in_memory": median_time(lambda: drain(memory), reps),
-        "npy_shuffled_read": median_time(npy_epoch, reps),
-        "epoch_stream": median_time(lambda: train_epoch(stream), reps),
-        "epoch_in_memory": median_time(lambda: train_epoch(memory), reps),
-    }
-    shutil.rmtree(root, ignore_errors=True)
-    out = {k: {"seconds": v, "images_per_s": n / v[0]} for k, v in res.items()}
-    out["ratios"] = {
-        "loader_stream_vs_npy": res["npy_shuffled_read"][0] / res["loader_stream"][0],
-        "loader_stream_vs_in_memory": res["loader_in_memory"][0] / res["loader_stream"][0],
-        "epoch_stream_over_in_memory": res["epoch_stream"][0] / res["epoch_in_memory"][0],
-    }
-    return {"n": n, "grid": list(grid), "batch": batch, "reps": reps, "results": out}
+    train_epoch(memory)  # warm-up: first-call allocations of autograd and the optimiser
+    t = compare({"memory": lambda: train_epoch(memory), "stream": lambda: train_epoch(stream)}, reps)
+    details[f"epoch_{n}"] = {"seconds": t}
+    over = summary([s / m for s, m in zip(t["stream"], t["memory"])])
+    row = rate_row(STAGE, "linear seg head epoch, streaming (time / time in RAM)", n, t["stream"])
+    row.ratio, row.ratio_lo, row.ratio_hi = over
+    row.baseline, row.target, row.met = "epoch in RAM", "<= 1.1x", over[0] <= 1.1
+    return [rate_row(STAGE, "linear seg head epoch, in RAM", n, t["memory"]), row]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=256)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--epoch-size", type=int, default=256)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default="benchmarks/results")
-    a = ap.parse_args()
-    res = run(a.n, a.reps)
-    for k, v in res["results"].items():
-        if k == "ratios":
-            continue
-        med, lo, hi = v["seconds"]
-        print(f"{k:22s} {v['images_per_s']:8.1f} img/s   {med:.2f} s ({lo:.2f}-{hi:.2f})")
-    for k, v in res["results"]["ratios"].items():
-        print(f"{k:32s} {v:.2f}")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    res = run(a.sizes, a.epoch_size, a.reps)
+    print(format_table(res["rows"]))
     print(f"wrote {write_results('training', res, a.out)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

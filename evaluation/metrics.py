@@ -13,6 +13,9 @@ predicted masks are both empty is a perfect answer by default (``EMPTY_BOTH="one
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 EMPTY_CONVENTIONS = ("one", "nan", "zero")
@@ -29,29 +32,75 @@ def counts(idx: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=r * n).reshape(r, n)
 
 
+#: Resample rows are processed in blocks of about this many elements, so that the [rows, n]
+#: temporaries stay in cache instead of allocating (and page-faulting) R x n arrays at once.
+BLOCK_ELEMENTS = 250_000
+
+
+#: Blocks of resample rows are spread over this many threads (numpy releases the GIL in the
+#: bincounts, cumulative sums and gathers that make up a block).
+THREADS = min(2, os.cpu_count() or 1)
+
+
+def _blocks(r: int, width: int):
+    b = max(1, BLOCK_ELEMENTS // max(width, 1))
+    return ((a, min(r, a + b)) for a in range(0, r, b))
+
+
+def _each_block(fn, r: int, width: int) -> None:
+    """``fn(a, b)`` for every block of rows, on THREADS threads when there are several blocks."""
+    blocks = list(_blocks(r, width))
+    if THREADS <= 1 or len(blocks) < 2:
+        for a, b in blocks:
+            fn(a, b)
+        return
+    with ThreadPoolExecutor(THREADS) as ex:
+        for f in [ex.submit(fn, a, b) for a, b in blocks]:
+            f.result()
+
+
 def auroc(y: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Mann-Whitney AUROC of each resample row (NaN where a row has one class only).
 
-    Sorted once: a resample is a vector of multiplicities, so per row the statistic is
-    sum over score groups of positives x (negatives below + half the tied negatives),
-    which counts ties exactly as average ranks do.
+    Sorted once: a resample is a vector of multiplicities ``c`` in score order, so per row
+    twice the statistic is the integer sum over positives of ``c x (negatives strictly below +
+    negatives up to the end of its group of tied scores)``, i.e. ties count half, exactly as
+    average ranks do; one bincount and one cumulative sum per row, in cache-sized blocks.
     """
+    idx = np.asarray(idx)
     n = len(y)
+    r, m = idx.shape
     order = np.argsort(score, kind="stable")
     s_sorted = score[order]
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # groups of equal scores
+    new_group = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
     rank_of = np.empty(n, np.int64)
     rank_of[order] = np.arange(n)
-    c = counts(rank_of[idx], n).astype(np.float64)  # multiplicities, already in score order
     pos = y[order].astype(bool)
-    pos_g = np.add.reduceat(c * pos, starts, axis=1)
-    neg_g = np.add.reduceat(c * ~pos, starts, axis=1)
-    neg_below = np.cumsum(neg_g, axis=1) - neg_g
-    num = (pos_g * (neg_below + 0.5 * neg_g)).sum(1)
-    n_pos, n_neg = pos_g.sum(1), neg_g.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
+    neg = (~pos).astype(np.int64)
+    pos_cols = np.flatnonzero(pos)
+    ties = not new_group.all()
+    if ties:  # a positive in tied group [start, end) sees negatives below start and up to end
+        gid = np.cumsum(new_group) - 1
+        starts = np.flatnonzero(new_group)
+        ends = np.r_[starts[1:], n]
+        lo_cols, hi_cols = starts[gid[pos_cols]], ends[gid[pos_cols]]
+    out = np.empty(r)
+
+    def block(a: int, b: int) -> None:
+        k = b - a
+        flat = rank_of[idx[a:b]]
+        flat += (np.arange(k) * n)[:, None]
+        c = np.bincount(flat.ravel(), minlength=k * n).reshape(k, n)
+        z = np.zeros((k, n + 1), np.int64)  # [:, j]: negatives among the first j in score order
+        np.cumsum(c * neg, axis=1, out=z[:, 1:])
+        cp = c[:, pos_cols]
+        num2 = (cp * (z[:, lo_cols] + z[:, hi_cols])).sum(1) if ties else 2 * (cp * z[:, pos_cols]).sum(1)
+        n_pos, n_neg = cp.sum(1), z[:, n]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[a:b] = np.where((n_pos > 0) & (n_neg > 0), num2 / (2.0 * n_pos * n_neg), np.nan)
+
+    _each_block(block, r, max(m, n))
+    return out
 
 
 def average_precision(y: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -106,8 +155,20 @@ def per_image_overlap(truth: np.ndarray, pred: np.ndarray, empty_both: str = "on
 
 def mean_of(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Mean of per-image values per resample row; NaNs (images left out by convention) ignored."""
-    v = values[idx]
-    if np.isnan(values).any():
-        with np.errstate(invalid="ignore"):
-            return np.nanmean(v, 1)
-    return v.mean(1)
+    idx = np.asarray(idx)
+    out = np.empty(len(idx))
+    missing = np.isnan(values)
+    if missing.any():
+        filled, present = np.where(missing, 0.0, values), (~missing).astype(np.float64)
+
+        def block(a: int, b: int) -> None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[a:b] = filled[idx[a:b]].sum(1) / present[idx[a:b]].sum(1)
+
+    else:
+
+        def block(a: int, b: int) -> None:
+            out[a:b] = values[idx[a:b]].mean(1)
+
+    _each_block(block, *idx.shape)
+    return out

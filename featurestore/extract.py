@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -141,14 +142,12 @@ def _collate(items: list[dict]) -> dict:
 def plan(manifest_url: str, store: Store, cfg: ExtractConfig, allocate: bool = True) -> Plan:
     """Images of the manifest not yet committed in the feature set, grouped by shard (backfill)."""
     fs = feature_set_for(store, cfg)
-    ids = load_manifest(manifest_url).table.column("image_id").to_pylist()
-    done = fs.committed_ids()
-    seen: set[str] = set()
-    todo = []
-    for i in ids:
-        if i not in done and i not in seen:
-            todo.append(i)
-            seen.add(i)
+    ids = load_manifest(manifest_url).table.column("image_id")
+    # The committed ids come from the committed index plus the parts it does not name, and the
+    # planner refreshes that index (layout.py); the difference is taken in Arrow, not Python.
+    done = fs.committed_rows(update_index=True).column("image_id").combine_chunks()
+    left = ids.filter(pc.invert(pc.is_in(ids, value_set=done)))
+    todo = list(dict.fromkeys(left.to_pylist()))  # first occurrence of each, in manifest order
     s = fs.spec.shard_images
     groups = [todo[k : k + s] for k in range(0, len(todo), s)]
     shards = fs.allocate_shards(len(groups)) if (allocate and groups) else []

@@ -7,6 +7,9 @@ Writers buffer validated batches into whole shards and commit each shard as desc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -110,6 +113,9 @@ class FeatureSet:
         self._index: dict[str, int] | None = None
         self._array: zarr.Array | None = None
         self._array_rows = -1
+        self._plain: bool | None = None  # plain shard layout: read and written directly (layout.py)
+        self._shard_idx: dict[int, np.ndarray] = {}  # shard -> its (offset, nbytes) index; shards are immutable
+        self._image_bytes = int(np.prod(spec.grid)) * np.dtype(spec.dtype).itemsize
 
     def __repr__(self) -> str:
         return f"FeatureSet({self.id!r}, grid={self.spec.grid}, dim={self.spec.global_dim})"
@@ -193,15 +199,26 @@ class FeatureSet:
             raise FeatureSetError(f"patches must already be {self.spec.dtype}, got {patches.dtype}")
         start = shard * s
         arr = self._array_for_rows(start + n)
-        with zarr.config.set(_ZARR_CONFIG):
-            arr[start : start + n] = patches
+        if self._plain_shards():
+            # One buffered write of the grids as they are, then the index (layout.py): no
+            # per-chunk encoding. Atomic locally (temp + rename) and on object stores (one PUT).
+            data = np.ascontiguousarray(patches).reshape(-1).view(np.uint8)
+            self.loc.write_atomic([data, layout.shard_index(n, s, self._image_bytes)], self._shard_key(shard))
+        else:
+            with zarr.config.set(_ZARR_CONFIG):
+                arr[start : start + n] = patches
+        self._commit_cls_part(shard, self._cls_table(shard, image_ids, cls, sha256, extras))
+
+    def _cls_table(self, shard: int, image_ids: Sequence[str], cls: np.ndarray, sha256: Sequence[str | None] | None, extras: dict[str, np.ndarray] | None) -> pa.Table:
+        n = len(image_ids)
+        start = shard * self.spec.shard_images
         now = layout.now_ms()
 
         def vectors(x: np.ndarray, dim: int) -> pa.FixedSizeListArray:
             return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x, np.float32).reshape(-1)), dim)
 
         extras = extras or {}
-        table = pa.table(
+        return pa.table(
             {
                 "image_id": pa.array(list(image_ids), pa.string()),
                 "row": pa.array(np.arange(start, start + n), pa.int64()),
@@ -213,7 +230,6 @@ class FeatureSet:
             },
             schema=self.cls_schema,
         )
-        self._commit_cls_part(shard, table)
 
     def _commit_cls_part(self, shard: int, table: pa.Table) -> None:
         # The commit point. Kept as its own method so fault-injection tests can kill here.
@@ -242,6 +258,53 @@ class FeatureSet:
                 )
         return arr
 
+    def _plain_shards(self) -> bool:
+        """Whether the array has the plain shard layout radstore reads and writes directly."""
+        if self._plain is None:
+            self._plain = _is_plain_shard_layout(self._open_array().metadata, self.spec)
+        return self._plain
+
+    def _shard_key(self, shard: int) -> str:
+        key = self._open_array().metadata.encode_chunk_key((shard, 0, 0, 0))
+        return f"{layout.PATCHES_GROUP}/{layout.PATCHES_ARRAY}/{key}"
+
+    def _shard_offsets(self, shard: int) -> np.ndarray:
+        """[S, 2] (offset, nbytes) of a committed shard; cached, since a shard is written once."""
+        idx = self._shard_idx.get(shard)
+        if idx is None:
+            s = self.spec.shard_images
+            idx = layout.parse_shard_index(self.loc.read_tail(layout.shard_index_nbytes(s), self._shard_key(shard)), s)
+            self._shard_idx[shard] = idx
+        return idx
+
+    def _read_plain(self, rows: np.ndarray, out: np.ndarray) -> bool:
+        """Fill ``out`` by ranged reads of the shard objects, one read per run of rows stored
+        one after another. False (nothing promised about ``out``) where that is not possible:
+        a missing shard or image, or a shard not in the plain layout; the caller then reads
+        through zarr, which reports missing grids."""
+        s, nb = self.spec.shard_images, self._image_bytes
+        try:
+            shards = rows // s
+            offsets = np.empty(len(rows), np.int64)
+            for sh in np.unique(shards):
+                at = shards == sh
+                idx = self._shard_offsets(int(sh))[rows[at] - sh * s]
+                if (idx[:, 1] != nb).any():
+                    return False  # an image this shard does not hold
+                offsets[at] = idx[:, 0].astype(np.int64)
+            # A new run starts where the shard changes or the next row is not the next stored image.
+            brk = np.flatnonzero((shards[1:] != shards[:-1]) | (offsets[1:] != offsets[:-1] + nb)) + 1
+            starts = np.r_[0, brk]
+            ends = np.r_[brk, len(rows)]
+            self.loc.read_ranges_into(
+                [out[a:b] for a, b in zip(starts, ends)],
+                [int(offsets[a]) for a in starts],
+                [self._shard_key(int(shards[a])) for a in starts],
+            )
+            return True
+        except (OSError, ValueError, EOFError):
+            return False
+
     # -- reading ----------------------------------------------------------------------------
     @property
     def cls_schema(self) -> pa.Schema:
@@ -253,9 +316,11 @@ class FeatureSet:
     def cls(self, columns: list[str] | None = None) -> pa.Table:
         """Committed rows (one per image_id, first commit wins), ordered by row."""
         schema = self.cls_schema
-        parts = self.cls_parts()
         want = None if columns is None else list(dict.fromkeys(["image_id", "row", *columns]))
-        table = self.loc.read_parquet(parts, columns=want, schema=schema)
+        if want is not None and set(want) <= set(layout.COMMITTED_SCHEMA.names):
+            table = self.committed_rows().select(want)  # the committed index serves these
+        else:
+            table = self.loc.read_parquet(self.cls_parts(), columns=want, schema=schema)
         # Sorted by row, i.e. by shard: the first occurrence of an id is its first commit.
         table = layout.keep_first(table.sort_by([("row", "ascending")]))
         if columns is not None:
@@ -263,9 +328,53 @@ class FeatureSet:
         return table
 
     def committed_ids(self) -> set[str]:
-        schema = self.cls_schema
-        t = self.loc.read_parquet(self.cls_parts(), columns=["image_id"], schema=schema)
-        return set(t.column("image_id").to_pylist())
+        return set(self.committed_rows().column("image_id").to_pylist())
+
+    #: ``committed_rows(update_index=True)`` writes a new committed index once the newest one
+    #: misses at least this many cls parts (layout.py, "The committed index").
+    COMMITTED_INDEX_MIN_NEW_PARTS = 256
+
+    def committed_rows(self, *, update_index: bool = False) -> pa.Table:
+        """(image_id, row, shard) of every row of every cls part, in no particular order and
+        with repeats (``cls()`` keeps the first): the committed index plus the parts it does
+        not name. ``update_index`` (the extraction planner) writes a new index when at least
+        COMMITTED_INDEX_MIN_NEW_PARTS parts had to be read one by one."""
+        names = layout.COMMITTED_SCHEMA.names
+        parts = self.cls_parts()
+        by_name = {p.rsplit("/", 1)[-1]: p for p in parts}
+        index, covered = self._read_committed_index(set(by_name))
+        rest = [p for n, p in by_name.items() if n not in covered]
+        table = self.loc.read_parquet(rest, columns=names, schema=self.cls_schema)
+        if index is not None:
+            table = pa.concat_tables([index, table.cast(index.schema)])
+        if update_index and len(rest) >= self.COMMITTED_INDEX_MIN_NEW_PARTS:
+            with contextlib.suppress(OSError):  # a cache: a read-only store just stays slower
+                self._write_committed_index(table, list(by_name))
+        return table
+
+    def _read_committed_index(self, listed: set[str]) -> tuple[pa.Table | None, set[str]]:
+        """The newest committed index whose parts are all still listed, and the parts it names."""
+        found = self.loc.list(layout.COMMITTED_DIR, suffix=".parquet")
+        for path in sorted(found, key=lambda p: (layout.committed_index_parts(p), p), reverse=True):
+            try:
+                t = self.loc.read_parquet_file(path)
+            except (OSError, pa.ArrowException):
+                continue  # removed by a newer planner meanwhile, or unreadable: read the parts
+            covered = set((t.schema.metadata or {}).get(_INDEX_PARTS_KEY, b"").decode().split("\n")) - {""}
+            if covered and covered <= listed:
+                return t.select(layout.COMMITTED_SCHEMA.names).replace_schema_metadata(None), covered
+        return None, set()
+
+    def _write_committed_index(self, table: pa.Table, part_names: list[str]) -> None:
+        old = self.loc.list(layout.COMMITTED_DIR, suffix=".parquet")
+        t = table.select(layout.COMMITTED_SCHEMA.names).cast(layout.COMMITTED_SCHEMA)
+        t = t.replace_schema_metadata({_INDEX_PARTS_KEY: "\n".join(sorted(part_names)).encode()})
+        name = layout.committed_index_name(len(part_names), uuid.uuid4().hex[:12])
+        self.loc.write_parquet(t, layout.COMMITTED_DIR, name)
+        for p in old:  # superseded (a concurrent planner's newer index is kept: it names more parts)
+            if layout.committed_index_parts(p) <= len(part_names):
+                with contextlib.suppress(OSError):
+                    self.loc.fs.rm(p)
 
     def index(self, refresh: bool = False) -> dict[str, int]:
         """image_id -> row of every committed image."""
@@ -303,6 +412,10 @@ class FeatureSet:
             out = np.empty(shape, dtype=self.spec.dtype)
         elif out.shape != shape or out.dtype != np.dtype(self.spec.dtype):
             raise FeatureSetError(f"out buffer must be {shape} {self.spec.dtype}, got {out.shape} {out.dtype}")
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and out.flags.c_contiguous and self._plain_shards() and self._read_plain(rows, out):
+            self._require_present(out, rows, image_ids)
+            return out
 
         async def one(i: int, r: int) -> None:
             out[i] = await arr._async_array.getitem(int(r))
@@ -326,18 +439,67 @@ class FeatureSet:
                 "`radstore store verify` and re-extract those images."
             )
 
-    def read_span(self, rows: np.ndarray) -> np.ndarray:
-        """Grids of ``rows`` that lie close together (one shard): one slice read, then a take.
+    def read_span(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Grids of ``rows`` that lie close together (one shard): one read, then a take.
 
-        A whole-shard slice is decoded in one call, several times faster than one read per row.
+        A whole-shard slice is decoded in one call, several times faster than one read per row;
+        in the plain shard layout (layout.py) each run of consecutive rows is one ranged read.
+        ``out`` (C-contiguous, ``[len(rows), C, H, W]`` of the store dtype) is filled and
+        returned when given.
         """
+        rows = np.asarray(rows, np.int64)
         lo, hi = int(rows.min()), int(rows.max()) + 1
         arr = self._array_for_rows(hi)
+        shape = (len(rows), *self.spec.grid)
+        if out is not None and (out.shape != shape or out.dtype != np.dtype(self.spec.dtype) or not out.flags.c_contiguous):
+            raise FeatureSetError(f"out buffer must be C-contiguous {shape} {self.spec.dtype}, got {out.shape} {out.dtype}")
+        if self._plain_shards():
+            target = np.empty(shape, dtype=self.spec.dtype) if out is None else out
+            if self._read_plain(rows, target):
+                self._require_present(target, rows)
+                return target
         with zarr.config.set(_ZARR_CONFIG):
             block = arr[lo:hi]
-        out = block[rows - lo] if len(rows) != hi - lo or not np.array_equal(rows, np.arange(lo, hi)) else block
-        self._require_present(out, rows)
-        return out
+        got = block[rows - lo] if len(rows) != hi - lo or not np.array_equal(rows, np.arange(lo, hi)) else block
+        self._require_present(got, rows)
+        if out is not None:
+            out[...] = got
+            return out
+        return got
+
+    def map_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Grids of ``rows`` (all in one shard) without reading them: ``(mapped, at)`` where
+        ``mapped[at[i]]`` is row ``rows[i]``'s grid, ``mapped`` a memory map of the shard
+        object (copy-on-write, never written). Nothing is copied until the caller indexes it.
+
+        Local stores in the plain shard layout, with the shard's images stored in order from
+        its start (as radstore writes them); None otherwise (then use :meth:`read_span`).
+        Missing grids raise StoreCorruptionError as in the read paths.
+        """
+        rows = np.asarray(rows, np.int64)
+        s, nb = self.spec.shard_images, self._image_bytes
+        if not len(rows) or not self.loc.is_local or not self._plain_shards():
+            return None
+        shard = int(rows[0] // s)
+        if (rows // s != shard).any():
+            return None
+        try:
+            idx = self._shard_offsets(shard)
+        except (OSError, ValueError):
+            return None
+        present = idx[:, 1] == nb
+        k = int(present.sum())
+        at = rows - shard * s
+        if k == 0 or not present[:k].all() or int(at.max()) >= k or not np.array_equal(idx[:k, 0], np.arange(k, dtype=np.uint64) * np.uint64(nb)):
+            return None
+        mapped = np.memmap(self.loc.path(self._shard_key(shard)), dtype=self.spec.dtype, mode="c", shape=(k, *self.spec.grid))
+        self._require_present_at(mapped, at, rows)
+        return mapped, at
+
+    def _require_present_at(self, mapped: np.ndarray, at: np.ndarray, rows: np.ndarray) -> None:
+        bad = np.flatnonzero(np.isnan(mapped[at, 0, 0, 0]))
+        if len(bad):
+            self._require_present(mapped[at[bad]], rows[bad])
 
     def to_xarray(self):
         """Lazy ``xarray.Dataset``: ``patches`` (dask, one chunk per shard) and ``cls``, committed rows only."""
@@ -393,6 +555,66 @@ class FeatureSet:
         }
 
 
+_INDEX_PARTS_KEY = b"radstore.parts"
+#: Grids are cast and appended to a streamed shard in pieces of about this size: small enough to
+#: stay in cache between the cast and the write, and to keep the staging buffers' first-touch
+#: page faults small for short writes (3 x 8 MiB instead of 3 x a 16-image batch).
+_STAGE_BYTES = 8 * 2**20
+_STAGE_SLOTS = 3
+
+
+@contextlib.contextmanager
+def _one_torch_thread(x: Any):
+    """Run the writer's check and cast of CPU tensors on one intra-op thread.
+
+    Both are memory-bound: a second OpenMP thread does not make them faster, but its spinning
+    takes the core the background shard write needs (measured on 2 cores: 1.47 instead of
+    2.09 ms of CPU per 768x37x37 grid; benchmarks/README.md). Device tensors are left alone.
+    """
+    n = torch.get_num_threads()
+    if n == 1 or (isinstance(x, torch.Tensor) and x.device.type != "cpu"):
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _is_plain_shard_layout(meta: Any, spec: FeatureSetSpec) -> bool:
+    """Sharded, one image per chunk, no compressor, ``[bytes, crc32c]`` index at the end,
+    little-endian: the shard layout of layout.py that radstore reads and writes directly."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.codecs.sharding import ShardingCodecIndexLocation
+
+    codecs = tuple(getattr(meta, "codecs", ()))
+    if sys.byteorder != "little" or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return False
+    sc = codecs[0]
+
+    def little(c: Any) -> bool:
+        return isinstance(c, BytesCodec) and (c.endian is None or c.endian.value == "little")
+
+    try:
+        native = np.dtype(meta.data_type.to_native_dtype())
+        shard_shape = tuple(meta.chunk_grid.chunk_shape)
+    except Exception:  # noqa: BLE001 - an unfamiliar metadata object: let zarr do the I/O
+        return False
+    return (
+        tuple(sc.chunk_shape) == (1, *spec.grid)
+        and shard_shape == (spec.shard_images, *spec.grid)
+        and len(sc.codecs) == 1
+        and little(sc.codecs[0])
+        and len(sc.index_codecs) == 2
+        and little(sc.index_codecs[0])
+        and isinstance(sc.index_codecs[1], Crc32cCodec)
+        and sc.index_location == ShardingCodecIndexLocation.end
+        and native == np.dtype(spec.dtype)
+        and native.byteorder in ("=", "<", "|")
+    )
+
+
 def _as_tensor(x: Any, what: str) -> torch.Tensor:
     """A CPU-or-device float tensor view of ``x``; checks finiteness cheaply."""
     if isinstance(x, np.ndarray):
@@ -406,8 +628,15 @@ def _as_tensor(x: Any, what: str) -> torch.Tensor:
     else:
         raise FeatureSetError(f"{what} must be a numpy array or torch tensor, got {type(x).__name__}")
     # A sum is finite iff every element is (20x cheaper than isfinite().all() here); only
-    # on a non-finite sum (NaN/Inf, or an overflow of huge values) look element-wise.
-    if not bool(torch.isfinite(t.sum(dtype=torch.float32))):
+    # on a non-finite sum (NaN/Inf, or an overflow of huge values) look element-wise. Half
+    # types: their min and max instead (NaN propagates; 6x cheaper than a float32-accumulated
+    # sum of float16 here, which is what extraction hands the writer).
+    if t.dtype in (torch.float16, torch.bfloat16) and t.numel():
+        lo, hi = torch.aminmax(t)
+        finite = bool(torch.isfinite(lo) & torch.isfinite(hi))
+    else:
+        finite = bool(torch.isfinite(t.sum(dtype=torch.float32)))
+    if not finite:
         flat = t.reshape(t.shape[0], -1)
         bad = (~torch.isfinite(flat)).any(dim=1).nonzero().flatten().tolist()
         if bad:
@@ -423,23 +652,30 @@ class _NonFinite(Exception):
 class _ShardBuffer:
     """One shard's worth of rows, filled in place (the cast to the store dtype happens here, in torch)."""
 
-    def __init__(self, spec: FeatureSetSpec):
+    def __init__(self, spec: FeatureSetSpec, stream: bool = False):
         s = spec.shard_images
-        self.patches = np.empty((s, *spec.grid), dtype=spec.dtype)
+        # Streamed shards (local, plain layout) go to their file batch by batch: no grid buffer.
+        self.patches = None if stream else np.empty((s, *spec.grid), dtype=spec.dtype)
         self.cls = np.empty((s, spec.global_dim), dtype=np.float32)
         self.extras = {k: np.empty((s, d), dtype=np.float32) for k, d in spec.extra_globals.items()}
         self.ids: list[str] = []
         self.sha: list[str | None] = []
-        self._p = torch.from_numpy(self.patches)
+        self._p = None if stream else torch.from_numpy(self.patches)
         self._c = torch.from_numpy(self.cls)
+        # streaming state: the shard, its final and temporary paths, the open file, the appends
+        self.shard: int | None = None
+        self.final = self.tmp = ""
+        self.file: Any = None
+        self.appends: list[Future] = []
 
     @property
     def n(self) -> int:
         return len(self.ids)
 
-    def put(self, ids: list[str], sha: list[str | None], cls: torch.Tensor, patches: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
+    def put(self, ids: list[str], sha: list[str | None], cls: torch.Tensor, patches: torch.Tensor | None, extras: dict[str, torch.Tensor]) -> None:
         a, b = self.n, self.n + len(ids)
-        self._p[a:b].copy_(patches)
+        if patches is not None:
+            self._p[a:b].copy_(patches)
         self._c[a:b].copy_(cls)
         for k, v in extras.items():
             torch.from_numpy(self.extras[k])[a:b].copy_(v)
@@ -448,6 +684,7 @@ class _ShardBuffer:
 
     def reset(self) -> None:
         self.ids, self.sha = [], []
+        self.shard, self.final, self.tmp, self.file, self.appends = None, "", "", None, []
 
 
 class FeatureSetWriter:
@@ -458,6 +695,12 @@ class FeatureSetWriter:
     kept. Already committed image_ids are skipped (resume). Two shard buffers alternate: one
     is committed by a background thread while the caller fills the other. ``close()`` (or
     leaving the ``with`` block, also on an exception) commits the last, partial shard.
+
+    On local stores with the plain shard layout (layout.py) the grids are not buffered: each
+    batch is cast, in pieces of ~8 MiB, into one of three staging buffers and appended by the
+    background thread to a temporary file while the caller goes on; the commit allocates the
+    shard, writes the index, renames the file into place and then writes the cls part, the
+    same order as for a buffered shard.
     """
 
     def __init__(self, fs: FeatureSet, *, skip_committed: bool = True, background: bool = True, shards: Sequence[int] = ()):
@@ -465,7 +708,10 @@ class FeatureSetWriter:
         self._preallocated = list(shards)
         self.spec = fs.spec
         self.skip = fs.committed_ids() if skip_committed else set()
-        self._buffers = [_ShardBuffer(self.spec)] + ([_ShardBuffer(self.spec)] if background else [])
+        self._stream = background and fs.loc.is_local and fs._plain_shards()
+        self._buffers = [_ShardBuffer(self.spec, self._stream)] + ([_ShardBuffer(self.spec, self._stream)] if background else [])
+        self._staging: list[list[Any]] = [[None, None] for _ in range(_STAGE_SLOTS)]  # [array, pending append]
+        self._stage_next = 0
         self._cur = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="radstore-shard") if background else None
         self._pending: Future | None = None
@@ -520,6 +766,11 @@ class FeatureSetWriter:
                     f"extra global {k!r} has shape {tuple(v.shape)}, expected ({b}, {self.spec.extra_globals[k]}); "
                     "nothing of this batch was written"
                 )
+        with _one_torch_thread(patches):
+            return self._validated_write(ids, cls, patches, sha256, extras)
+
+    def _validated_write(self, ids: list[str], cls: Any, patches: Any, sha256: Sequence[str | None] | None, extras: dict[str, Any]) -> WriteResult:
+        b = len(ids)
         try:
             cls_t = _as_tensor(cls, "cls")
             pat_t = _as_tensor(patches, "patches")
@@ -541,11 +792,15 @@ class FeatureSetWriter:
         while pos < len(ids_k):
             buf = self._buffers[self._cur]
             take = min(s - buf.n, len(ids_k) - pos)
+            if self._stream:
+                step = max(1, _STAGE_BYTES // self.fs._image_bytes)
+                for a in range(pos, pos + take, step):
+                    self._append(buf, pat_t[a : min(pos + take, a + step)])
             buf.put(
                 ids_k[pos : pos + take],
                 sha_k[pos : pos + take],
                 cls_t[pos : pos + take],
-                pat_t[pos : pos + take],
+                None if self._stream else pat_t[pos : pos + take],
                 {k: v[pos : pos + take] for k, v in ext_t.items()},
             )
             pos += take
@@ -553,18 +808,72 @@ class FeatureSetWriter:
                 self._flush()
         return WriteResult(accepted=len(ids_k), skipped=skipped)
 
+    def _next_shard(self) -> int:
+        # A shard is committed once, by one writer: preallocated ones are used up, then new ones.
+        (shard,) = [self._preallocated.pop(0)] if self._preallocated else self.fs.allocate_shards(1)
+        return shard
+
+    def _append(self, buf: _ShardBuffer, patches: torch.Tensor) -> None:
+        """Cast a batch's grids into a staging buffer and queue their append to the shard's file."""
+        if buf.file is None:
+            # The shard index is allocated by the commit, in the background; until then the
+            # grids go to a temporary file beside the array's metadata.
+            buf.tmp = self.fs.loc.path(layout.PATCHES_GROUP, layout.PATCHES_ARRAY, f"{uuid.uuid4().hex}.partial")
+            buf.file = open(buf.tmp, "wb")  # noqa: SIM115 - closed by the commit (or its failure)
+        slot = self._staging[self._stage_next]
+        self._stage_next = (self._stage_next + 1) % len(self._staging)
+        if slot[1] is not None:
+            slot[1].result()  # that staging buffer's last append is done (re-raises its failure)
+            slot[1] = None
+        k = len(patches)
+        if slot[0] is None or len(slot[0]) < k:
+            slot[0] = np.empty((k, *self.spec.grid), dtype=self.spec.dtype)
+        stage = slot[0][:k]
+        torch.from_numpy(stage).copy_(patches)
+        slot[1] = self._pool.submit(buf.file.write, stage.reshape(-1).view(np.uint8))
+        buf.appends.append(slot[1])
+
     def _flush(self) -> None:
         buf = self._buffers[self._cur]
         if buf.n == 0:
             return
         self._wait()  # the other buffer's commit must finish before we reuse it next
-        # A shard is committed once, by one writer: preallocated ones are used up, then new ones.
-        (shard,) = [self._preallocated.pop(0)] if self._preallocated else self.fs.allocate_shards(1)
+        if self._stream:
+            self._pending = self._pool.submit(self._commit_stream, buf)
+            self._cur = (self._cur + 1) % len(self._buffers)
+            return
+        shard = self._next_shard()
         if self._pool is None:
             self._commit(shard, buf)
         else:
             self._pending = self._pool.submit(self._commit, shard, buf)
             self._cur = (self._cur + 1) % len(self._buffers)
+
+    def _commit_stream(self, buf: _ShardBuffer) -> None:
+        """(background thread, after the shard's appends) allocate, index, rename into place, cls part."""
+        n = buf.n
+        try:
+            shard = buf.shard = self._next_shard()
+            buf.final = self.fs.loc.path(self.fs._shard_key(shard))
+            os.makedirs(os.path.dirname(buf.final), exist_ok=True)
+            for f in buf.appends:
+                f.result()  # already run (same thread, queued earlier); re-raise a failed append
+            if buf.file.tell() != n * self.fs._image_bytes:
+                raise FeatureSetError(f"a shard of {self.fs.id}: {buf.file.tell()} grid bytes written, expected {n * self.fs._image_bytes}")
+            buf.file.write(layout.shard_index(n, self.spec.shard_images, self.fs._image_bytes))
+            buf.file.close()
+            os.replace(buf.tmp, buf.final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                buf.file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(buf.tmp)
+            raise
+        table = self.fs._cls_table(shard, buf.ids, buf.cls[:n], buf.sha, {k: v[:n] for k, v in buf.extras.items()})
+        self.fs._commit_cls_part(shard, table)
+        self.written += n
+        self.shards_committed += 1
+        buf.reset()
 
     def _commit(self, shard: int, buf: _ShardBuffer) -> None:
         n = buf.n

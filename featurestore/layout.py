@@ -12,6 +12,9 @@ A store is one directory or one object-store prefix::
                                           chunk = 1 image, shard = S images (S = shard_images;
                                           S = 1 means plain chunks, no sharding codec)
         cls/shard-<k:08d>-<uuid>.parquet  one file per committed shard (CLS_SCHEMA)
+        committed/upto-<parts:08d>-<uuid>.parquet
+                                          derived, rebuildable: (image_id, row, shard) of every
+                                          row of the cls parts it names (COMMITTED_SCHEMA)
         rejects/part-*.parquet            images an extraction could not embed (REJECTS_SCHEMA)
         .lock                             local stores only: serialises shard allocation
 
@@ -19,8 +22,9 @@ Commit protocol (why readers never see torn rows):
 
 1. A writer allocates a fresh shard index ``k`` under the feature set's lock: it grows the
    array to ``(k + 1) * S`` rows. Rows ``k*S .. k*S+S-1`` now belong to that writer alone.
-2. It writes the shard's patch grids in one call (zarr's stores write each object atomically:
-   temp file + rename locally, one PUT on object stores).
+2. It writes the shard's patch grids in one call, as one object written atomically (temp
+   file + rename locally, one PUT on object stores): directly for the plain shard layout
+   below, through zarr otherwise (zarr's stores write each object the same way).
 3. It then writes ``cls/shard-<k>-<uuid>.parquet`` atomically. **A row exists when, and only
    when, its cls part exists.** A crash between 2 and 3 leaves an orphan shard no reader
    sees; a rerun plans those images again into a new shard.
@@ -30,6 +34,25 @@ Commit protocol (why readers never see torn rows):
 
 If two writers ever commit the same image_id (e.g. two backfills racing), readers keep the
 row from the lowest shard index: the first committed.
+
+Shard objects. With the default codecs (no compressor), a shard is the plain concatenation of
+its images' grids (C-order, little-endian, image ``k*S + i`` at byte ``i * image_bytes``)
+followed by the zarr v3 sharding index: ``S`` pairs of little-endian uint64 (offset, nbytes),
+``2**64-1`` twice for an image never written, then the CRC32C of those ``16*S`` bytes (4 bytes,
+little-endian). That is exactly what zarr's ``sharding_indexed`` codec with ``bytes`` inner
+codecs and ``[bytes, crc32c]`` index codecs at ``index_location: end`` writes and reads, so
+radstore writes such a shard with one buffered write of the grids it already holds (no
+per-chunk encoding; :func:`shard_index`) and reads a run of images with one ranged read
+(:func:`parse_shard_index`); zarr, zarrs, tensorstore and xarray read the same bytes. Any
+other codec configuration (``codec="zstd"``, ``sharded=False``) goes through zarr itself.
+
+The committed index. Listing the committed ids means reading every cls part: ~0.3 ms per
+part, 5 s for a million images in 15,625 parts. The extraction planner therefore writes
+``committed/upto-<n>-<uuid>.parquet``, the (image_id, row, shard) rows of the ``n`` parts
+it read (their file names in the schema metadata, ``radstore.parts``), and later readers
+take the newest such file plus the parts it does not name (0.2 s instead of 5 s). It is a cache, never the truth: a row still exists when, and only when, its cls part exists;
+an index naming a part that is no longer listed is ignored, and deleting ``committed/`` only
+makes the next listing slower. Older index files are removed once a newer one is written.
 """
 
 from __future__ import annotations
@@ -54,6 +77,7 @@ PATCHES_GROUP = "patches.zarr"
 PATCHES_ARRAY = "patches"
 CLS_DIR = "cls"
 REJECTS_DIR = "rejects"
+COMMITTED_DIR = "committed"
 LOCK_FILE = ".lock"
 DIMENSION_NAMES = ("image", "channel", "y", "x")
 
@@ -96,6 +120,18 @@ REJECTS_SCHEMA = pa.schema(
         ("time", pa.timestamp("ms", tz="UTC")),
     ]
 )
+
+
+COMMITTED_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("row", pa.int64()),
+        ("shard", pa.int64()),
+    ]
+)  # + schema metadata ``radstore.parts``: the file names of the cls parts it holds, one a line
+
+#: Index entry of an image a shard does not hold (zarr v3 sharding: offset and nbytes both).
+SHARD_EMPTY = 2**64 - 1
 
 
 def cls_schema(global_dim: int, extra_globals: dict[str, int] | None = None) -> pa.Schema:
@@ -141,6 +177,45 @@ def cls_part_name(shard: int, token: str) -> str:
 def shard_of_part(name: str) -> int:
     """Shard index from a cls part's file name (``shard-00000012-ab12.parquet`` -> 12)."""
     return int(name.rsplit("/", 1)[-1].split("-")[1])
+
+
+def committed_index_name(parts: int, token: str) -> str:
+    return f"upto-{parts:08d}-{token}.parquet"
+
+
+def committed_index_parts(name: str) -> int:
+    """How many cls parts a committed index names (``upto-00015625-ab12.parquet`` -> 15625)."""
+    return int(name.rsplit("/", 1)[-1].split("-")[1])
+
+
+def shard_index(n: int, shard_images: int, image_bytes: int) -> bytes:
+    """Sharding index (plus CRC32C) of a shard whose first ``n`` images are stored in order."""
+    import google_crc32c
+    import numpy as np
+
+    idx = np.full((shard_images, 2), SHARD_EMPTY, dtype="<u8")
+    idx[:n, 0] = np.arange(n, dtype=np.uint64) * np.uint64(image_bytes)
+    idx[:n, 1] = image_bytes
+    raw = idx.tobytes()
+    return raw + google_crc32c.value(raw).to_bytes(4, "little")
+
+
+def shard_index_nbytes(shard_images: int) -> int:
+    return 16 * shard_images + 4
+
+
+def parse_shard_index(tail: bytes, shard_images: int):
+    """``[S, 2]`` uint64 (offset, nbytes) from a shard's last ``shard_index_nbytes(S)`` bytes.
+
+    Raises ValueError when the checksum does not match (not a shard of this layout).
+    """
+    import google_crc32c
+    import numpy as np
+
+    raw, crc = tail[: 16 * shard_images], tail[16 * shard_images :]
+    if len(raw) != 16 * shard_images or int.from_bytes(crc, "little") != google_crc32c.value(raw):
+        raise ValueError("shard index checksum mismatch")
+    return np.frombuffer(raw, dtype="<u8").reshape(shard_images, 2)
 
 
 def feature_set_id(encoder: str, identity: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -55,22 +55,84 @@ class Location:
     def read_bytes(self, *parts: str) -> bytes:
         return self.fs.cat_file(self.path(*parts))
 
-    def write_atomic(self, data: bytes, *parts: str) -> str:
+    def write_atomic(self, data: bytes | Sequence[Any], *parts: str) -> str:
         """Write a whole object so that readers see all of it or nothing.
 
+        ``data`` is bytes, or a sequence of buffers (bytes, memoryviews, contiguous arrays)
+        written one after another: a shard's grids and its index go out without being joined.
         Local: temp file in the same directory, fsync-free rename. Object stores: one PUT of
         the final key (a PUT is atomic there; there is no rename).
         """
         final = self.path(*parts)
+        bufs = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             tmp = f"{final}.{uuid.uuid4().hex}.partial"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, final)
+            try:
+                with open(tmp, "wb") as f:
+                    for b in bufs:
+                        f.write(b)
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
-            self.fs.pipe_file(final, data)
+            self.fs.pipe_file(final, bufs[0] if len(bufs) == 1 else b"".join(memoryview(b).cast("B") for b in bufs))
         return final
+
+    def read_tail(self, nbytes: int, *parts: str) -> bytes:
+        """The last ``nbytes`` of an object (FileNotFoundError if it does not exist)."""
+        path = self.path(*parts)
+        if self.is_local:
+            with open(path, "rb") as f:
+                f.seek(-nbytes, os.SEEK_END)
+                return f.read(nbytes)
+        size = self.fs.size(path)
+        return self.fs.cat_file(path, start=max(0, size - nbytes), end=size)
+
+    def read_into(self, out: Any, start: int, *parts: str) -> None:
+        """Fill the writable contiguous buffer ``out`` from the object's bytes at ``start``."""
+        view = memoryview(out).cast("B")
+        path = self.path(*parts)
+        if self.is_local:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                done = 0
+                while done < len(view):
+                    got = os.preadv(fd, [view[done:]], start + done)
+                    if got <= 0:
+                        raise EOFError(f"{path}: {len(view) - done} bytes missing at offset {start + done}")
+                    done += got
+            finally:
+                os.close(fd)
+            return
+        data = self.fs.cat_file(path, start=start, end=start + len(view))
+        if len(data) != len(view):
+            raise EOFError(f"{path}: short read at offset {start}")
+        view[:] = data
+
+    def read_ranges_into(self, outs: Sequence[Any], starts: Sequence[int], paths: Sequence[str]) -> None:
+        """Several :meth:`read_into` at once (``paths`` relative to the root): concurrent."""
+        if self.is_local:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if len(outs) <= 1:
+                for o, s, p in zip(outs, starts, paths):
+                    self.read_into(o, s, p)
+                return
+            with ThreadPoolExecutor(min(4, len(outs))) as ex:
+                list(ex.map(lambda a: self.read_into(*a), [(o, s, p) for o, s, p in zip(outs, starts, paths)]))
+            return
+        views = [memoryview(o).cast("B") for o in outs]
+        full = [self.path(p) for p in paths]
+        datas = self.fs.cat_ranges(full, list(starts), [s + len(v) for s, v in zip(starts, views)], on_error="raise")
+        for v, d, p in zip(views, datas, full):
+            if isinstance(d, Exception):
+                raise d
+            if len(d) != len(v):
+                raise EOFError(f"{p}: short read")
+            v[:] = d
 
     def list(self, *parts: str, suffix: str = "") -> list[str]:
         """Sorted full paths of the objects directly under a prefix (missing prefix: empty)."""
@@ -109,6 +171,11 @@ class Location:
                 raise ValueError("no parquet parts and no schema")
             return schema.empty_table() if columns is None else schema.empty_table().select(columns)
         return pq.read_table(paths, columns=columns, filesystem=self.fs, schema=schema)
+
+    def read_parquet_file(self, path: str) -> pa.Table:
+        """One Parquet object (full path), with its schema metadata."""
+        with self.fs.open(path, "rb") as f:
+            return pq.read_table(f)
 
     # -- zarr -----------------------------------------------------------------------------
     def zarr_store(self, *parts: str, read_only: bool = False) -> zarr.abc.store.Store:

@@ -266,12 +266,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.run import main as bench_main
-
-    return int(bench_main(args.bench_args) or 0)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radstore", description="Embedding feature store and evaluation pipeline for radiology foundation models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -378,9 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
         s.set_defaults(func=func)
 
-    s = sub.add_parser("bench", help="run the benchmarks (same as make bench); arguments after -- go to benchmarks.run")
-    s.add_argument("bench_args", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_bench)
+    # Dispatched in main() before parsing: its options are benchmarks.run's (radstore bench --help).
+    sub.add_parser("bench", help="run the benchmarks, same as make bench (radstore bench --help lists the options)")
 
     st = sub.add_parser("store", help="inspect a store").add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
     s = st.add_parser("info", help="images and feature sets with their sizes")
@@ -396,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from featurestore.errors import RadstoreError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark runner (--help included)
+        from benchmarks.run import main as bench_main
+
+        return int(bench_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

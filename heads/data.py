@@ -4,7 +4,8 @@
 global embeddings come from its ``cls`` Parquet part and its grids from the Zarr shard. Rows
 go into a shuffle buffer of ``buffer_images`` and leave it in batches, so memory is bounded by
 ``buffer_images + (1 + prefetch) * shard_images`` rows whatever the cohort size (``max_buffered`` records the
-peak). ``in_memory=True`` loads the split once instead: the baseline the benchmarks compare
+peak); those shard buffers and up to three batches are reused from one batch and epoch to the
+next while the loader lives (a buffer is reused only once nothing refers to it). ``in_memory=True`` loads the split once instead: the baseline the benchmarks compare
 against.
 
 Segmentation targets are the manifest's mask PNGs put through the feature set's own
@@ -15,7 +16,10 @@ memory-mapped uint8 array under ``$RADSTORE_CACHE/targets``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +150,58 @@ def mask_targets(fs: FeatureSet, labels: Labels, target_size: int, column: str, 
     return np.load(path, mmap_mode="r")
 
 
+class _Buffers:
+    """Arrays handed out again once nothing refers to them any more.
+
+    A batch tensor made with ``torch.from_numpy``, any view of it, a ``.numpy()`` of it and an
+    autograd graph that saved it all keep a reference to the array, so an array whose only
+    reference is this pool's is free. Reuse matters: a fresh 67 MB batch costs ~2 ms of page
+    faults per image on this machine, more than filling it (benchmarks/README.md).
+    """
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.arrays: list[np.ndarray] = []
+        self.lock = threading.Lock()
+
+    def get(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        with self.lock:
+            for a in self.arrays:
+                if a.shape == shape and a.dtype == dtype and sys.getrefcount(a) <= _FREE_REFS:
+                    return a
+            a = np.empty(shape, dtype)
+            if len(self.arrays) < self.keep:
+                self.arrays.append(a)
+            return a
+
+    def clear(self) -> None:
+        with self.lock:
+            self.arrays = []
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
+def _free_refs() -> int:
+    """What sys.getrefcount reports, inside _Buffers.get's loop, for an array only the pool holds."""
+    for a in [np.empty(1)]:
+        return sys.getrefcount(a)
+    return 0
+
+
+_FREE_REFS = _free_refs()
+
+
 @dataclass
 class Batch:
     ids: list[str]
@@ -196,6 +252,8 @@ class StreamingLoader:
         self.rows = idx.column("row").to_numpy()
         self.shards = idx.column("shard").to_numpy()
         self.ypos = np.fromiter((pos[i] for i in self.ids), np.int64, len(self.ids))
+        self._batches = _Buffers(keep=3)  # float32 patch batches: in use, in the graph, being filled
+        self._shard_bufs = _Buffers(keep=self.buffer_images // max(fs.spec.shard_images, 1) + self.prefetch + 2)
         self.parts: dict[int, str] = {}
         for p in fs.cls_parts():
             self.parts.setdefault(layout.shard_of_part(p), p)
@@ -209,9 +267,20 @@ class StreamingLoader:
         out = {"pos": sel}
         if self.need_patches:
             rows = self.rows[sel]
-            # A shard's rows are contiguous: read them as one slice when they are one shard.
+            # A shard's rows are contiguous: read them as one slice when they are one shard,
+            # into a reused buffer (a fresh 134 MB one per shard costs page faults).
             one_shard = len(np.unique(self.shards[sel])) == 1
-            out["patches"] = self.fs.read_span(rows) if one_shard else self.fs.read_rows(rows)
+            mapped = self.fs.map_rows(rows) if one_shard else None
+            if mapped is not None:
+                # Local shard files are memory-mapped: batches copy straight from the page
+                # cache, with no 134 MB read competing with the training step for a core.
+                out["patches"], out["prow"] = mapped
+            elif one_shard:
+                s = self.fs.spec.shard_images
+                buf = self._shard_bufs.get((max(s, len(rows)), *self.fs.spec.grid), self.fs.spec.dtype)
+                out["patches"] = self.fs.read_span(rows, out=buf[: len(rows)])
+            else:
+                out["patches"] = self.fs.read_rows(rows)
         if self.need_global:
             ids = [self.ids[i] for i in sel]
             shards = np.unique(self.shards[sel])
@@ -229,13 +298,26 @@ class StreamingLoader:
             order = np.argsort(np.argsort(owner, kind="stable"), kind="stable")  # back to batch order
             return np.concatenate(parts)[order] if len(parts) > 1 else parts[0]
 
+        def gather_patches() -> torch.Tensor:
+            # One pass per image, float16 -> float32 in torch straight into a reused batch
+            # (numpy's cast is several times slower; gathering first would copy twice), on
+            # one thread: per-image copies on two OpenMP threads spent most of their time
+            # waiting at barriers whenever another process held the second core.
+            first = chunks[owner[0]]["patches"]
+            out = torch.from_numpy(self._batches.get((len(owner), *first.shape[1:]), np.float32))
+            with _one_torch_thread():
+                for j, (o, r) in enumerate(zip(owner.tolist(), local.tolist())):
+                    chunk = chunks[o]
+                    at = chunk["prow"][r] if "prow" in chunk else r
+                    out[j].copy_(torch.from_numpy(chunk["patches"][at]))
+            return out
+
         pos = gather("pos")
         y = self.y[self.ypos[pos]]
         return Batch(
             ids=[self.ids[p] for p in pos],
             g=torch.from_numpy(np.ascontiguousarray(gather("g"), np.float32)) if "g" in chunks[owner[0]] else None,
-            # float16 -> float32 in torch: numpy's cast is several times slower
-            patches=torch.from_numpy(np.ascontiguousarray(gather("patches"))).float() if "patches" in chunks[owner[0]] else None,
+            patches=gather_patches() if "patches" in chunks[owner[0]] else None,
             y=torch.from_numpy(np.asarray(y, np.float32)),
         )
 

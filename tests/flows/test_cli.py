@@ -70,3 +70,10 @@ def test_console_script_on_200_images(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "ingested 200 new" in r.stdout
+
+
+def test_bench_smoke(capsys):
+    """`radstore bench` hands its arguments to the benchmark runner (a quick planning stage)."""
+    assert main(["bench", "--quick", "--no-write", "--stages", "planning"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "planner, warm" in out and "targets met" in out
