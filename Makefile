@@ -28,7 +28,7 @@ demo: $(STAMP)
 	@echo
 	@echo "contact sheet of the cohort: $(DEMO_DIR)/cohort/preview.png"
 	@echo "next: open $(DEMO_DIR)/report/index.html; query the results:"
-	@echo "  .venv/bin/radstore query --store $(DEMO_DIR)/store \"SELECT task, head, encoder, value, ci_low, ci_high FROM latest WHERE \\\"primary\\\"\""
+	@echo "  .venv/bin/radstore query --store $(DEMO_DIR)/store \"SELECT task, head, encoder, round(value, 3) AS value, round(ci_low, 3) AS low, round(ci_high, 3) AS high FROM latest WHERE \\\"primary\\\" ORDER BY task, head, value DESC\""
 	@echo "real weights: put model folders in \$$RADSTORE_WEIGHTS_DIR/{rad-dino,chexagent,biomedclip}; your own images: a manifest.parquet (README)"
 
 test: $(STAMP)
