@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import zarr
 from scipy import stats
 
@@ -141,14 +142,11 @@ class RunData:
         return (self.meta["task"], self.meta["head"], self.meta.get("fold"))
 
 
-def _predictions_sha(store: Store, run_id: str) -> str:
-    return hashlib.sha256(store.loc.read_bytes(RUNS_DIR, run_id, "predictions.parquet")).hexdigest()
-
-
 def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
     """Read a run's predictions; for segmentation, threshold its masks and score each image."""
     meta = read_run(store, run_id)
-    pred = store.loc.read_parquet([store.loc.path(RUNS_DIR, run_id, "predictions.parquet")])
+    raw = store.loc.read_bytes(RUNS_DIR, run_id, "predictions.parquet")  # read once: parsed and hashed
+    pred = pq.read_table(pa.BufferReader(raw))
     pred = pred.filter(pa.compute.equal(pred.column("split"), "test"))
     ids = np.asarray(pred.column("image_id").to_pylist(), dtype=object)
     if len(ids) == 0:
@@ -173,7 +171,7 @@ def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
             if not np.isfinite(a).all():
                 bad = ids[~np.isfinite(a)]
                 raise RadstoreError(f"run {run_id}: {name} is NaN/Inf for {', '.join(bad[:5])}; the run is unusable")
-    return RunData(meta, ids, arrays, _predictions_sha(store, run_id))
+    return RunData(meta, ids, arrays, hashlib.sha256(raw).hexdigest())
 
 
 def _metric_fn(kind: str, metric: str) -> tuple[Callable[..., np.ndarray], tuple[str, ...]]:
