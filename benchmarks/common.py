@@ -23,16 +23,6 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def median_time(fn: Callable[[], object], reps: int) -> tuple[float, float, float]:
-    """(median, min, max) seconds of ``reps`` calls."""
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), min(times), max(times)
-
-
 def compare(
     cases: dict[str, Callable[[], Any]],
     reps: int,
@@ -182,6 +172,13 @@ def jsonable(x: Any) -> Any:
     if hasattr(x, "item") and callable(x.item):  # numpy scalars
         return x.item()
     return x
+
+
+def finish(name: str, res: dict, out_dir: str | Path | None = None) -> int:
+    """A stage module's ending when run alone: its table, then its results file."""
+    print(format_table(res["rows"]))
+    print(f"wrote {write_results(name, res, out_dir)}")
+    return 0
 
 
 def write_results(name: str | None, results: dict, out_dir: str | Path | None = None) -> Path:

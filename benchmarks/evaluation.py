@@ -22,7 +22,7 @@ import argparse
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 
-from benchmarks.common import Row, compare, format_table, speedups, time_row, with_ratio, write_results
+from benchmarks.common import Row, compare, finish, speedups, time_row, with_ratio
 from evaluation.bootstrap import resample_indices
 from evaluation.metrics import auroc, mean_of, per_image_overlap
 
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     res = run(a.n, a.resamples, a.reps)
-    print(format_table(res["rows"]))
-    print(f"wrote {write_results('evaluation', res, a.out)}")
-    return 0
+    return finish("evaluation", res, a.out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.common import Row, compare, format_table, rate_row, scratch_dir, speedups, with_ratio, write_results
+from benchmarks.common import Row, compare, finish, rate_row, scratch_dir, speedups, with_ratio
 from featurestore.extract import ExtractConfig, encoder_for, extract_group
 from featurestore.imageio import read_image
 from featurestore.manifest import load_manifest
@@ -110,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     res = run(a.pixels_sizes, a.vit_n, a.vit_batch, reps=a.reps)
-    print(format_table(res["rows"]))
-    print(f"wrote {write_results('extraction', res, a.out)}")
-    return 0
+    return finish("extraction", res, a.out)
 
 
 if __name__ == "__main__":

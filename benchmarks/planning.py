@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import Row, compare, format_table, scratch_dir, speedups, time_row, with_ratio, write_results
+from benchmarks.common import Row, compare, finish, scratch_dir, speedups, time_row, with_ratio
 from featurestore import layout
 from featurestore.extract import ExtractConfig, feature_set_for, plan
 from featurestore.store import Store
@@ -170,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     res = run(a.committed, query_rows=a.query_rows, reps=a.reps)
-    print(format_table(res["rows"]))
-    print(f"wrote {write_results('planning', res, a.out)}")
-    return 0
+    return finish("planning", res, a.out)
 
 
 if __name__ == "__main__":

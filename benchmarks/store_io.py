@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import Row, compare, du, format_table, rate_row, scratch_dir, speedups, with_ratio, write_results
+from benchmarks.common import Row, compare, du, finish, rate_row, scratch_dir, speedups, with_ratio
 from featurestore.featureset import FeatureSetSpec
 from featurestore.store import Store
 
@@ -176,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     a = ap.parse_args(argv)
     res = run(a.sizes, a.reps, sync=not a.no_sync)
-    print(format_table(res["rows"]))
-    print(f"wrote {write_results('store_io', res, a.out)}")
-    return 0
+    return finish("store_io", res, a.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import Row, compare, format_table, rate_row, scratch_dir, speedups, summary, with_ratio, write_results
+from benchmarks.common import Row, compare, finish, rate_row, scratch_dir, speedups, summary, with_ratio
 from benchmarks.store_io import GRID, _pool, write_npy, write_store
 from featurestore.store import Store
 from heads.data import StreamingLoader
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     res = run(a.sizes, a.epoch_size, a.reps)
-    print(format_table(res["rows"]))
-    print(f"wrote {write_results('training', res, a.out)}")
-    return 0
+    return finish("training", res, a.out)
 
 
 if __name__ == "__main__":
