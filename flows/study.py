@@ -10,8 +10,10 @@ commit, and an evaluation of identical inputs returns the existing version.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from flows import prefect_env  # noqa: F401
 from prefect import flow, get_run_logger, task
@@ -22,7 +24,7 @@ from flows.config import StudyConfig, load_config
 from flows.evaluate import evaluate_flow
 from flows.extract import run_extraction, task_runner_for
 from flows.train import grid_configs, train_task
-from heads.runs import find_run
+from heads.runs import find_run, list_runs
 from heads.train import TrainConfig
 
 
@@ -51,11 +53,11 @@ def plan_training_task(store: str, feature_set_id: str, cfgs: list[TrainConfig],
     """Split the grid into runs to reuse (config unchanged since the feature set's last commit) and to train."""
     st = Store.open(store, storage_options=storage_options)
     fs = st.feature_set(feature_set_id)
-    t = fs.cls(columns=["extracted_at"]).column("extracted_at")
-    last = None if len(t) == 0 else datetime.fromisoformat(str(max(t.to_pylist()).isoformat()))
+    last = pa.compute.max(fs.cls(columns=["extracted_at"]).column("extracted_at")).as_py()  # None when empty
+    runs = list_runs(st)
     reuse, todo = [], []
     for c in cfgs:
-        rid = find_run(st, feature_set_id, c.to_json(), newer_than=last)
+        rid = find_run(st, feature_set_id, c.to_json(), newer_than=last, runs=runs)
         (reuse if rid else todo).append((c, rid) if rid else c)
     return reuse, todo
 

@@ -108,13 +108,15 @@ def list_runs(store: Store) -> list[dict]:
 RUNTIME_ONLY = ("progress", "device")
 
 
-def find_run(store: Store, feature_set_id: str, config: dict[str, Any], newer_than: datetime | None = None) -> str | None:
+def find_run(store: Store, feature_set_id: str, config: dict[str, Any], newer_than: datetime | None = None,
+             runs: list[dict] | None = None) -> str | None:
     """The latest run of this feature set with the same training config (task, head, fold and
     every hyperparameter), made after ``newer_than`` (e.g. the feature set's last commit, so a
-    backfill retrains); None if there is none. What lets a scheduled study skip work."""
+    backfill retrains); None if there is none. What lets a scheduled study skip work.
+    ``runs``: the store's run records when the caller already listed them (one listing for a grid)."""
     want = {k: v for k, v in config.items() if k not in RUNTIME_ONLY}
     best = None
-    for r in list_runs(store):
+    for r in list_runs(store) if runs is None else runs:
         if r["feature_set_id"] != feature_set_id:
             continue
         have = {k: v for k, v in r["config"].items() if k not in RUNTIME_ONLY}
