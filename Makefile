@@ -8,7 +8,7 @@ DEMO_DIR ?= demo
 DEMO_N ?= 64
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo test test-fast lint format bench venv clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,15 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): lint and format check; `make format` rewrites.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""Every benchmark of issue #7 in one run: ``make bench``, ``radstore bench``, ``python -m benchmarks``.
+"""Every benchmark in one run: ``make bench``, ``radstore bench``, ``python -m benchmarks``.
 
 Stages (each module also runs alone; see its docstring):
 

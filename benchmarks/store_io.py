@@ -54,10 +54,9 @@ def write_store(d: Path, ids: list[str], patches: np.ndarray, cls: np.ndarray, b
     st = Store.open(str(d), create=True)
     c = patches.shape[1]
     fs = st.create_feature_set(FeatureSetSpec("bench", "none", tuple(patches.shape[1:]), c, **spec_kw))
-    if not plain:
-        fs._plain = False  # the previous write path: zarr's sharding codec (zarrs pipeline)
     p = len(patches)
-    with fs.writer() as w:
+    # plain=False: the previous write path, zarr's sharding codec (zarrs pipeline)
+    with fs.writer(direct=None if plain else False) as w:
         for k in range(0, len(ids), batch):
             a = k % p  # the pool is a multiple of the batch: contiguous slices
             m = min(batch, len(ids) - k)

@@ -1,1 +1,1 @@
-"""Metrics, bootstrap CIs, comparisons and versioned metric artifacts; see issue 5."""
+"""Metrics, bootstrap CIs, comparisons, versioned metric artifacts, SQL views and the report."""

@@ -1,13 +1,9 @@
 """Versioned metric artifacts: ``STORE/metrics/<eval_id>/``, immutable once written.
 
-::
-
-    metrics/<eval_id>/
-      metrics.parquet      one row per encoder x head x task x fold x metric (METRICS_SCHEMA)
-      comparisons.parquet  encoder pairs on the same test images (COMPARISONS_SCHEMA)
-      per_image.parquet    segmentation runs: Dice and IoU of every test image
-      folds.parquet        across cross-validation folds: median and CI per encoder, Friedman p
-      eval.json            every input version (runs, feature sets, store format, code), written last
+One evaluation version holds the tables of :data:`featurestore.layout.EVAL_TABLES` (metrics,
+comparisons, per-image scores of mask kinds, summaries across folds) and its record,
+``eval.json`` (:class:`featurestore.layout.records.EvaluationRecord`: every input version),
+written last. This module computes them; the layout module writes and reads them.
 
 ``eval_id`` is a hash of the inputs (run ids + their prediction files' sha256), the
 configuration (resamples, seed, CI method, empty-mask convention) and the metric code's
@@ -40,82 +36,34 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-import zarr
 from scipy import stats
 
 from evaluation import metrics as M
-from evaluation.bootstrap import METHODS, bootstrap_ci, resample_indices
+from evaluation.bootstrap import bootstrap_ci, resample_indices
 from evaluation.compare import adjust, delong, friedman_nemenyi, paired_bootstrap
+from evaluation.config import EvalConfig
 from featurestore import __version__
-from featurestore.layout import now_ms
 from featurestore.errors import RadstoreError
+from featurestore.layout import EVAL_TABLES, now_ms
+from featurestore.layout.records import (
+    EvaluationRecord,
+    code_version,
+    evaluation_exists,
+    evaluation_path,
+    list_evaluations,
+    list_runs,
+    open_masks,
+    read_evaluation_record,
+    read_evaluation_tables,
+    read_run,
+    read_test_predictions,
+    write_evaluation,
+)
 from featurestore.store import Store
-from heads.runs import RUNS_DIR, code_version, list_runs, read_run
+from featurestore.tasks import get_kind
 
-METRICS_DIR = "metrics"
-EVAL_JSON = "eval.json"
 EVAL_VERSION = 1  # bump when a metric's definition changes: old and new numbers never share an id
-
-# Which metrics each task kind reports; the first is the task's headline (``primary``).
-KIND_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("auroc", "auprc"),
-    "regression": ("r2", "mae"),
-    "segmentation": ("dice", "iou"),
-}
-HIGHER_IS_BETTER = {"auroc": True, "auprc": True, "r2": True, "mae": False, "dice": True, "iou": True}
-
-METRICS_SCHEMA = pa.schema([
-    ("eval_id", pa.string()), ("created_at", pa.timestamp("ms", tz="UTC")),
-    ("task", pa.string()), ("task_kind", pa.string()), ("head", pa.string()),
-    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("run_id", pa.string()), ("fold", pa.int32()),
-    ("metric", pa.string()), ("primary", pa.bool_()), ("value", pa.float64()),
-    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("method", pa.string()), ("confidence", pa.float64()),
-    ("n", pa.int64()), ("resamples", pa.int64()), ("seed", pa.int64()),
-])
-COMPARISONS_SCHEMA = pa.schema([
-    ("eval_id", pa.string()), ("task", pa.string()), ("head", pa.string()), ("fold", pa.int32()),
-    ("metric", pa.string()), ("test", pa.string()),
-    ("encoder_a", pa.string()), ("encoder_b", pa.string()),
-    ("feature_set_a", pa.string()), ("feature_set_b", pa.string()), ("run_a", pa.string()), ("run_b", pa.string()),
-    ("value_a", pa.float64()), ("value_b", pa.float64()), ("diff", pa.float64()),
-    ("ci_low", pa.float64()), ("ci_high", pa.float64()),
-    ("p", pa.float64()), ("p_bonferroni", pa.float64()), ("p_holm", pa.float64()), ("family_size", pa.int64()),
-    ("n", pa.int64()),
-])
-PER_IMAGE_SCHEMA = pa.schema([
-    ("eval_id", pa.string()), ("run_id", pa.string()), ("task", pa.string()), ("head", pa.string()),
-    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("fold", pa.int32()),
-    ("image_id", pa.string()), ("mask_row", pa.int64()), ("dice", pa.float64()), ("iou", pa.float64()),
-    ("true_pixels", pa.int64()), ("predicted_pixels", pa.int64()),
-])
-FOLDS_SCHEMA = pa.schema([
-    ("eval_id", pa.string()), ("task", pa.string()), ("head", pa.string()), ("metric", pa.string()),
-    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("folds", pa.int64()),
-    ("median", pa.float64()), ("mean", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
-    ("mean_rank", pa.float64()), ("friedman_statistic", pa.float64()), ("friedman_p", pa.float64()),
-])
-TABLES = {"metrics": METRICS_SCHEMA, "comparisons": COMPARISONS_SCHEMA, "per_image": PER_IMAGE_SCHEMA, "folds": FOLDS_SCHEMA}
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How to evaluate; every field is part of the evaluation's identity."""
-
-    resamples: int = 2000
-    seed: int = 0
-    confidence: float = 0.95
-    method: str = "percentile"  # or "bca" (falls back to NaN bounds where BCa is undefined)
-    empty_both: str = "one"  # Dice/IoU of an image whose true and predicted masks are both empty
-    threshold: float = 0.5  # segmentation probabilities -> masks
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise RadstoreError(f"CI method must be one of {METHODS}, got {self.method!r}")
-        if self.empty_both not in M.EMPTY_CONVENTIONS:
-            raise RadstoreError(f"empty_both must be one of {M.EMPTY_CONVENTIONS}, got {self.empty_both!r}")
-        if self.resamples < 100:
-            raise RadstoreError(f"resamples={self.resamples}: use at least 100 for a 95% interval")
+TABLES = EVAL_TABLES
 
 
 @dataclass(frozen=True)
@@ -134,7 +82,7 @@ class RunData:
 
     meta: dict[str, Any]
     image_ids: np.ndarray
-    arrays: dict[str, np.ndarray]  # classification: y, score; regression: y, value; segmentation: dice, iou
+    arrays: dict[str, np.ndarray]  # global kinds: y, prediction; mask kinds: dice, iou and pixel counts
     sha256: str
 
     @property
@@ -143,19 +91,16 @@ class RunData:
 
 
 def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
-    """Read a run's predictions; for segmentation, threshold its masks and score each image."""
+    """Read a run's predictions; for a mask kind, threshold its masks and score each image."""
     meta = read_run(store, run_id)
-    raw = store.loc.read_bytes(RUNS_DIR, run_id, "predictions.parquet")  # read once: parsed and hashed
-    pred = pq.read_table(pa.BufferReader(raw))
-    pred = pred.filter(pa.compute.equal(pred.column("split"), "test"))
+    pred, sha = read_test_predictions(store, run_id)  # one read: parsed and hashed
     ids = np.asarray(pred.column("image_id").to_pylist(), dtype=object)
     if len(ids) == 0:
         raise RadstoreError(f"run {run_id} has no test predictions; retrain it with a test split")
-    kind = meta["task_kind"]
-    if kind == "segmentation":
+    kind = get_kind(meta.task_kind)
+    if kind.dense:
         rows = pred.column("mask_row").to_numpy()
-        p = zarr.open_array(store.loc.child(RUNS_DIR, run_id).zarr_store("masks.zarr", read_only=True))[:]
-        t = zarr.open_array(store.loc.child(RUNS_DIR, run_id).zarr_store("targets.zarr", read_only=True))[:]
+        p, t = (a[:] for a in open_masks(store, run_id))
         prob = p[rows].astype(np.float32)
         if np.isnan(prob).any():
             bad = ids[np.isnan(prob).reshape(len(ids), -1).any(1)]
@@ -165,25 +110,14 @@ def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
         arrays = {"dice": dice, "iou": iou, "mask_row": rows,
                   "true_pixels": tm.reshape(len(ids), -1).sum(1), "predicted_pixels": pm.reshape(len(ids), -1).sum(1)}
     else:
-        col = "score" if kind == "classification" else "value"
-        arrays = {"y": pred.column("label").to_numpy().astype(np.float64), col: pred.column(col).to_numpy().astype(np.float64)}
+        arrays = {"y": pred.column("label").to_numpy().astype(np.float64),
+                  "prediction": pred.column(kind.prediction).to_numpy().astype(np.float64)}
         for name, a in arrays.items():
             if not np.isfinite(a).all():
                 bad = ids[~np.isfinite(a)]
-                raise RadstoreError(f"run {run_id}: {name} is NaN/Inf for {', '.join(bad[:5])}; the run is unusable")
-    return RunData(meta, ids, arrays, hashlib.sha256(raw).hexdigest())
-
-
-def _metric_fn(kind: str, metric: str) -> tuple[Callable[..., np.ndarray], tuple[str, ...]]:
-    """The vectorised metric and the arrays (by name) it takes."""
-    return {
-        "auroc": (M.auroc, ("y", "score")),
-        "auprc": (M.average_precision, ("y", "score")),
-        "r2": (M.r2, ("y", "value")),
-        "mae": (M.mae, ("y", "value")),
-        "dice": (M.mean_of, ("dice",)),
-        "iou": (M.mean_of, ("iou",)),
-    }[metric]
+                col = kind.prediction if name == "prediction" else name
+                raise RadstoreError(f"run {run_id}: {col} is NaN/Inf for {', '.join(bad[:5])}; the run is unusable")
+    return RunData(meta, ids, arrays, sha)
 
 
 def _aligned(runs: list[RunData]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -212,14 +146,14 @@ def select_runs(store: Store, run_ids: Iterable[str] | None = None) -> list[str]
         if not ids:
             raise RadstoreError("no runs given (use --runs RUN... or --all)")
         return ids
-    latest: dict[tuple, dict] = {}
+    latest: dict[tuple, Any] = {}
     for r in list_runs(store):
-        k = (r["task"], r["head"], r.get("fold"), r["feature_set_id"])
-        if k not in latest or r["created_at"] > latest[k]["created_at"]:
+        k = (r.task, r.head, r.fold, r.feature_set_id)
+        if k not in latest or r.created_at > latest[k].created_at:
             latest[k] = r
     if not latest:
         raise RadstoreError(f"no training runs in {store.url} (radstore train ...)")
-    return sorted(r["run_id"] for r in latest.values())
+    return sorted(r.run_id for r in latest.values())
 
 
 def eval_id_for(runs: list[RunData], cfg: EvalConfig) -> str:
@@ -246,6 +180,7 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
     for (task, head, fold), group in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         group.sort(key=lambda r: (r.meta["encoder"], r.meta["feature_set_id"]))
         kind = group[0].meta["task_kind"]
+        spec = get_kind(kind)
         labels = _labels(group)
         ids, positions = _aligned(group)
         if len(ids) == 0:
@@ -253,16 +188,16 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
         idx = resample_indices(len(ids), cfg.resamples, cfg.seed)  # the same resamples for every encoder: paired
         base = {"task": task, "head": head, "fold": fold}
         for r, label, pos in zip(group, labels, positions):
-            for j, metric in enumerate(KIND_METRICS[kind]):
-                fn, names = _metric_fn(kind, metric)
-                ci = bootstrap_ci(fn, _take(r, pos, names), resamples=cfg.resamples, seed=cfg.seed,
+            for j, metric in enumerate(spec.metrics):
+                m = M.get_metric(metric)
+                ci = bootstrap_ci(m.fn, _take(r, pos, m.inputs), resamples=cfg.resamples, seed=cfg.seed,
                                   method=cfg.method, confidence=cfg.confidence, idx=idx)
                 out["metrics"].append({**base, "eval_id": eval_id, "created_at": created_at, "task_kind": kind,
                                        "encoder": label, "feature_set_id": r.meta["feature_set_id"], "run_id": r.meta["run_id"],
                                        "metric": metric, "primary": j == 0, "value": ci.value, "ci_low": ci.low,
                                        "ci_high": ci.high, "method": ci.method, "confidence": ci.confidence,
                                        "n": ci.n, "resamples": ci.resamples, "seed": ci.seed})
-            if kind == "segmentation":
+            if spec.dense:
                 a = r.arrays
                 for i, image_id in enumerate(r.image_ids):
                     out["per_image"].append({**base, "eval_id": eval_id, "run_id": r.meta["run_id"], "encoder": label,
@@ -274,14 +209,14 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
             pair = {**base, "eval_id": eval_id, "encoder_a": la, "encoder_b": lb,
                     "feature_set_a": ra.meta["feature_set_id"], "feature_set_b": rb.meta["feature_set_id"],
                     "run_a": ra.meta["run_id"], "run_b": rb.meta["run_id"], "n": len(ids)}
-            for metric in KIND_METRICS[kind]:
-                fn, names = _metric_fn(kind, metric)
-                d = paired_bootstrap(fn, _take(ra, pa_, names), _take(rb, pb, names), resamples=cfg.resamples,
+            for metric in spec.metrics:
+                m = M.get_metric(metric)
+                d = paired_bootstrap(m.fn, _take(ra, pa_, m.inputs), _take(rb, pb, m.inputs), resamples=cfg.resamples,
                                      seed=cfg.seed, confidence=cfg.confidence, idx=idx)
                 out["comparisons"].append({**pair, "metric": metric, "test": "paired-bootstrap", "value_a": d.a,
                                            "value_b": d.b, "diff": d.diff, "ci_low": d.low, "ci_high": d.high, "p": d.p})
-            if kind == "classification":
-                (ya, sa), (_, sb) = _take(ra, pa_, ("y", "score")), _take(rb, pb, ("y", "score"))
+            if "auroc" in spec.metrics and not spec.dense:  # DeLong's test of two correlated AUROCs
+                (ya, sa), (_, sb) = _take(ra, pa_, M.GLOBAL_INPUTS), _take(rb, pb, M.GLOBAL_INPUTS)
                 if 2 <= ya.sum() <= len(ya) - 2:  # DeLong's variance needs two of each class
                     dl = delong(ya, sa, sb)
                     out["comparisons"].append({**pair, "metric": "auroc", "test": "delong", "value_a": dl["auc_a"],
@@ -309,7 +244,7 @@ def _fold_summaries(out: dict[str, list[dict]], eval_id: str) -> None:
         table = np.array([[enc[e][f] for e in names] for f in folds])  # [folds, encoders]
         fr = None
         if len(names) >= 3 and np.isfinite(table).all():
-            fr = friedman_nemenyi(table, higher_is_better=HIGHER_IS_BETTER[metric])
+            fr = friedman_nemenyi(table, higher_is_better=M.get_metric(metric).higher_is_better)
         for j, e in enumerate(names):
             v = table[:, j]
             half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
@@ -360,62 +295,50 @@ def evaluate(store: Store, run_ids: Iterable[str] | None = None, cfg: EvalConfig
             progress(f"reading {rid}")
         runs.append(load_run(store, rid, cfg))
     eval_id = eval_id_for(runs, cfg)
-    loc = store.loc.child(METRICS_DIR, eval_id)
-    if loc.exists(EVAL_JSON):
-        return Evaluation(eval_id, loc.path(), False, loc.read_json(EVAL_JSON))
+    if evaluation_exists(store, eval_id):
+        return Evaluation(eval_id, evaluation_path(store, eval_id), False, read_evaluation_record(store, eval_id))
     created = now_ms()
-    tables = compute(runs, cfg, eval_id, created)
-    for name, schema in TABLES.items():
-        loc.write_parquet(pa.Table.from_pylist(tables[name], schema=schema), f"{name}.parquet")
+    rows = compute(runs, cfg, eval_id, created)
+    tables = {name: pa.Table.from_pylist(rows[name], schema=schema) for name, schema in TABLES.items()}
     fs_meta = {}
+    known = set(store.feature_set_ids())
     for r in runs:
         f = r.meta["feature_set_id"]
         if f not in fs_meta:
-            spec = store.feature_set(f).spec if f in store.feature_set_ids() else None
+            spec = store.feature_set(f).spec if f in known else None
             fs_meta[f] = ({"encoder": spec.encoder, "weights_fingerprint": spec.weights_fingerprint, "labels": dict(spec.labels)}
                           if spec else {"missing": True})
-    meta = {
-        "eval_id": eval_id,
-        "created_at": created.isoformat(),
-        "eval_version": EVAL_VERSION,
-        "code_version": code_version(),
-        "radstore_version": __version__,
-        "store_format_version": store.meta.get("format_version"),
-        "config": asdict(cfg),
-        "runs": [{"run_id": r.meta["run_id"], "task": r.meta["task"], "task_kind": r.meta["task_kind"],
-                  "head": r.meta["head"], "encoder": r.meta["encoder"], "feature_set_id": r.meta["feature_set_id"],
-                  "fold": r.meta.get("fold"), "predictions_sha256": r.sha256, "run_code_version": r.meta.get("code_version")}
-                 for r in runs],
-        "feature_sets": fs_meta,
-        "counts": {name: len(rows) for name, rows in tables.items()},
-    }
-    loc.write_json(meta, EVAL_JSON)  # last: the version exists from here on
-    return Evaluation(eval_id, loc.path(), True, meta)
+    rec = EvaluationRecord(
+        eval_id=eval_id,
+        created_at=created.isoformat(),
+        eval_version=EVAL_VERSION,
+        code_version=code_version(),
+        radstore_version=__version__,
+        store_format_version=store.meta.get("format_version"),
+        config=asdict(cfg),
+        runs=[{"run_id": r.meta["run_id"], "task": r.meta["task"], "task_kind": r.meta["task_kind"],
+               "head": r.meta["head"], "encoder": r.meta["encoder"], "feature_set_id": r.meta["feature_set_id"],
+               "fold": r.meta.get("fold"), "predictions_sha256": r.sha256, "run_code_version": r.meta.get("code_version")}
+              for r in runs],
+        feature_sets=fs_meta,
+        counts={name: len(v) for name, v in rows.items()},
+    )
+    return Evaluation(eval_id, write_evaluation(store, rec, tables), True, rec)
 
 
 # -- reading -----------------------------------------------------------------------------------
-
-def list_evaluations(store: Store) -> list[dict]:
-    """Every committed evaluation's eval.json, oldest first."""
-    return sorted(store.committed_records(METRICS_DIR, EVAL_JSON), key=lambda m: (m["created_at"], m["eval_id"]))
-
 
 def latest_eval_id(store: Store) -> str:
     evals = list_evaluations(store)
     if not evals:
         raise RadstoreError(f"no evaluation in {store.url} yet (radstore evaluate --store {store.url} --all)")
-    return evals[-1]["eval_id"]
+    return evals[-1].eval_id
 
 
-def read_evaluation(store: Store, eval_id: str | None = None) -> tuple[dict, dict[str, pa.Table]]:
-    """(eval.json, {table name: table}) of one version (default: the latest)."""
+def read_evaluation(store: Store, eval_id: str | None = None) -> tuple[EvaluationRecord, dict[str, pa.Table]]:
+    """(eval.json record, {table name: table}) of one version (default: the latest)."""
     eval_id = eval_id or latest_eval_id(store)
-    if not store.loc.exists(METRICS_DIR, eval_id, EVAL_JSON):
-        raise RadstoreError(f"no evaluation {eval_id!r} in {store.url} (radstore query --store ... 'select * from evaluations')")
-    meta = store.loc.read_json(METRICS_DIR, eval_id, EVAL_JSON)
-    tables = {name: store.loc.read_parquet([store.loc.path(METRICS_DIR, eval_id, f"{name}.parquet")], schema=schema)
-              for name, schema in TABLES.items()}
-    return meta, tables
+    return read_evaluation_record(store, eval_id), read_evaluation_tables(store, eval_id)
 
 
 def results_table(metrics: pa.Table, primary_only: bool = True) -> list[dict]:

@@ -14,7 +14,9 @@ predicted masks are both empty is a perfect answer by default (``EMPTY_BOTH="one
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -172,3 +174,56 @@ def mean_of(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
     _each_block(block, *idx.shape)
     return out
+
+
+# -- the metric table --------------------------------------------------------------------------
+
+#: The arrays a global kind's metric takes: the true label and the run's prediction column.
+GLOBAL_INPUTS = ("y", "prediction")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: its vectorised function, the arrays it takes (by name), how to show it
+    and which direction is better. Task kinds list metrics by name (featurestore.tasks)."""
+
+    name: str
+    display: str
+    higher_is_better: bool
+    inputs: tuple[str, ...]  # GLOBAL_INPUTS, or the per-image array of a mask kind ("dice", "iou")
+    fn: Callable[..., np.ndarray]
+
+    def __call__(self, arrays: dict[str, np.ndarray], idx: np.ndarray | None = None) -> np.ndarray:
+        """The metric over ``idx`` rows (default: the plain metric, one row)."""
+        args = tuple(arrays[n] for n in self.inputs)
+        return self.fn(*args, identity_index(len(args[0])) if idx is None else idx)
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, display: str, higher_is_better: bool, inputs: tuple[str, ...] = GLOBAL_INPUTS):
+    """Decorator adding a vectorised metric ``fn(*arrays, idx) -> [R]`` to :data:`METRICS`."""
+
+    def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        METRICS[name] = Metric(name, display, higher_is_better, tuple(inputs), fn)
+        return fn
+
+    return deco
+
+
+def get_metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; registered: {', '.join(METRICS)}")
+    return METRICS[name]
+
+
+#: Per-image arrays a mask kind's run provides (what its metrics may take as inputs).
+PER_IMAGE = ("dice", "iou")
+
+register_metric("auroc", "AUROC", True)(auroc)
+register_metric("auprc", "AP", True)(average_precision)
+register_metric("r2", "R²", True)(r2)
+register_metric("mae", "MAE", False)(mae)
+register_metric("dice", "Dice", True, ("dice",))(mean_of)
+register_metric("iou", "IoU", True, ("iou",))(mean_of)

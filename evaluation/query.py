@@ -33,15 +33,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from evaluation.artifacts import METRICS_DIR, TABLES, list_evaluations
 from featurestore import layout
 from featurestore.errors import RadstoreError
+from featurestore.layout.records import evaluation_table_paths, list_evaluations, list_runs, predictions_path, runs_root
 from featurestore.store import Store
-from heads.runs import RUNS_DIR, list_runs
 
 VIEWS = ("images", "features", "cls", "runs", "predictions", "evaluations", "metrics", "latest", "comparisons", "per_image", "folds")
-RUN_COLUMNS = ("run_id", "task", "task_kind", "head", "encoder", "feature_set_id", "fold", "seed", "created_at",
-               "best_epoch", "epochs", "code_version")
 
 
 def _filesystem(store: Store) -> pafs.FileSystem:
@@ -64,47 +61,35 @@ def _features(store: Store) -> pa.Table:
                      "weights_fingerprint": s.weights_fingerprint, "channels": s.grid[0], "grid_h": s.grid[1],
                      "grid_w": s.grid[2], "global_dim": s.global_dim, "dtype": s.dtype, "shard_images": s.shard_images,
                      "preprocessing": str(s.preprocessing)})
-    schema = pa.schema([("feature_set_id", pa.string()), ("encoder", pa.string()), ("weights", pa.string()),
-                        ("weights_fingerprint", pa.string()), ("channels", pa.int64()), ("grid_h", pa.int64()),
-                        ("grid_w", pa.int64()), ("global_dim", pa.int64()), ("dtype", pa.string()),
-                        ("shard_images", pa.int64()), ("preprocessing", pa.string())])
-    return pa.Table.from_pylist(rows, schema=schema)
+    return pa.Table.from_pylist(rows, schema=layout.FEATURES_VIEW_SCHEMA)
 
 
 def _runs(store: Store) -> pa.Table:
-    rows = [{k: r.get(k) for k in RUN_COLUMNS} for r in list_runs(store)]
+    names = layout.RUNS_VIEW_SCHEMA.names
+    rows = [{k: r.get(k) for k in names} for r in list_runs(store)]
     for r in rows:
         r["created_at"] = datetime.fromisoformat(r["created_at"])
-    schema = pa.schema([("run_id", pa.string()), ("task", pa.string()), ("task_kind", pa.string()), ("head", pa.string()),
-                        ("encoder", pa.string()), ("feature_set_id", pa.string()), ("fold", pa.int32()), ("seed", pa.int64()),
-                        ("created_at", pa.timestamp("us", tz="UTC")), ("best_epoch", pa.int64()), ("epochs", pa.int64()),
-                        ("code_version", pa.string())])
-    return pa.Table.from_pylist(rows, schema=schema)
+    return pa.Table.from_pylist(rows, schema=layout.RUNS_VIEW_SCHEMA)
 
 
-def _evaluations(evals: list[dict]) -> pa.Table:
-    rows = [{"eval_id": e["eval_id"], "created_at": datetime.fromisoformat(e["created_at"]), "code_version": e["code_version"],
-             "store_format_version": e.get("store_format_version"), "runs": len(e["runs"]),
-             "resamples": e["config"]["resamples"], "seed": e["config"]["seed"], "method": e["config"]["method"],
-             "empty_both": e["config"]["empty_both"]} for e in evals]
-    schema = pa.schema([("eval_id", pa.string()), ("created_at", pa.timestamp("us", tz="UTC")), ("code_version", pa.string()),
-                        ("store_format_version", pa.int64()), ("runs", pa.int64()), ("resamples", pa.int64()),
-                        ("seed", pa.int64()), ("method", pa.string()), ("empty_both", pa.string())])
-    return pa.Table.from_pylist(rows, schema=schema)
+def _evaluations(evals: list) -> pa.Table:
+    rows = [{"eval_id": e.eval_id, "created_at": e.created, "code_version": e.code_version,
+             "store_format_version": e.store_format_version, "runs": len(e.runs),
+             "resamples": e.config["resamples"], "seed": e.config["seed"], "method": e.config["method"],
+             "empty_both": e.config["empty_both"]} for e in evals]
+    return pa.Table.from_pylist(rows, schema=layout.EVALUATIONS_VIEW_SCHEMA)
 
 
 def _predictions(store: Store, run_ids: list[str]) -> ds.Dataset | pa.Table:
     """All runs' predictions in one schema (score for classification, value for regression,
     mask columns for segmentation; absent columns are NULL), run_id from the directory name."""
-    paths = [store.loc.path(RUNS_DIR, r, "predictions.parquet") for r in run_ids]
-    schema = pa.schema([("image_id", pa.string()), ("split", pa.string()), ("score", pa.float64()), ("value", pa.float64()),
-                        ("label", pa.float64()), ("mask_row", pa.int64()), ("positive_pixels", pa.int64()),
-                        ("predicted_pixels", pa.int64()), ("run_id", pa.string())])
+    paths = [predictions_path(store, r) for r in run_ids]
+    schema = layout.predictions_schema(with_run_id=True)
     if not paths:
         return schema.empty_table()
     part = ds.partitioning(pa.schema([("run_id", pa.string())]))
     return ds.dataset(paths, schema=schema, format="parquet", filesystem=_filesystem(store), partitioning=part,
-                      partition_base_dir=store.loc.path(RUNS_DIR))
+                      partition_base_dir=runs_root(store))
 
 
 def connect(store: Store | str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
@@ -132,9 +117,8 @@ def connect(store: Store | str, con: duckdb.DuckDBPyConnection | None = None) ->
                 "r.fold FROM _predictions p JOIN runs r USING (run_id)")
     evals = list_evaluations(store)
     con.register("evaluations", _evaluations(evals))
-    for name, schema in TABLES.items():
-        paths = [store.loc.path(METRICS_DIR, e["eval_id"], f"{name}.parquet") for e in evals]
-        con.register(name, _dataset(store, paths, schema))
+    for name, schema in layout.EVAL_TABLES.items():
+        con.register(name, _dataset(store, evaluation_table_paths(store, [e.eval_id for e in evals], name), schema))
     con.execute("CREATE OR REPLACE VIEW latest AS SELECT * FROM metrics QUALIFY row_number() OVER "
                 "(PARTITION BY task, head, encoder, feature_set_id, fold, metric ORDER BY created_at DESC, eval_id DESC) = 1")
     return con

@@ -19,33 +19,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featurestore.encoders import Encoder, load_encoder
+from featurestore.config import DEVICES, ExtractConfig
 from featurestore.errors import ImageReadError
 from featurestore.featureset import FeatureSet
 from featurestore.imageio import read_image
 from featurestore.manifest import load_manifest
 from featurestore.store import Store
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything that decides what is extracted and how fast; drives CLI, flow and tests."""
-
-    encoder: str
-    weights: str | None = None  # folder, "random", "random:tiny"; None: $RADSTORE_WEIGHTS_DIR / HF cache
-    size: int | None = None  # input resolution override (a distinct feature set)
-    bits: int | None = None  # 8 or 16 (a distinct feature set); None: the encoder's default (8)
-    batch_size: int = 16
-    device: str = "auto"
-    num_workers: int = 1  # DataLoader processes decoding and preprocessing
-    dtype: str = "float16"  # storage dtype of the patch grids
-    shard_images: int = 0  # images per shard for a *new* feature set; 0: by size (layout.py)
-    progress: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class ExtractResult:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,7 +33,7 @@ class Store:
         if loc.exists(layout.STORE_JSON):
             meta = loc.read_json(layout.STORE_JSON)
             if meta.get("format") != layout.FORMAT_NAME:
-                raise RadstoreError(f"{url}/{layout.STORE_JSON} is not a radstore store.json (format={meta.get('format')!r})")
+                raise RadstoreError(f"{url}/{layout.STORE_JSON} is not a radstore store record (format={meta.get('format')!r})")
             layout.check_format_version(meta.get("format_version"), f"store {url}")
             return cls(loc, meta)
         if not create:
@@ -62,29 +61,18 @@ class Store:
     def append_images(self, table: pa.Table) -> str | None:
         if table.num_rows == 0:
             return None
-        name = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
-        return self.loc.write_parquet(table.cast(layout.IMAGES_SCHEMA), layout.IMAGES_DIR, name, dictionary_columns=["format", "photometric", "split"])
+        return self.loc.write_parquet(table.cast(layout.IMAGES_SCHEMA), layout.IMAGES_DIR, layout.part_name(),
+                                      dictionary_columns=layout.IMAGES_DICTIONARY_COLUMNS)
 
     def append_ingest_errors(self, table: pa.Table) -> str | None:
         if table.num_rows == 0:
             return None
-        name = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
-        return self.loc.write_parquet(table.cast(layout.INGEST_ERRORS_SCHEMA), layout.INGEST_ERRORS_DIR, name)
+        return self.loc.write_parquet(table.cast(layout.INGEST_ERRORS_SCHEMA), layout.INGEST_ERRORS_DIR, layout.part_name())
 
     def ingest_errors(self) -> pa.Table:
         return self.loc.read_parquet(self.loc.list(layout.INGEST_ERRORS_DIR, suffix=".parquet"), schema=layout.INGEST_ERRORS_SCHEMA)
 
     # -- feature sets -----------------------------------------------------------------------
-    def committed_records(self, directory: str, marker: str) -> list[dict]:
-        """The ``marker`` json of every ``directory/<id>/`` that has one (runs, evaluations):
-        the marker is written last, so an entry without it is an unfinished write."""
-        out = []
-        for p in self.loc.list(directory):
-            name = p.rstrip("/").rsplit("/", 1)[-1]
-            if self.loc.exists(directory, name, marker):
-                out.append(self.loc.read_json(directory, name, marker))
-        return out
-
     def feature_set_ids(self) -> list[str]:
         out = []
         for p in self.loc.list(layout.FEATURES_DIR):

@@ -3,12 +3,63 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from typing import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
-ENCODER_CHOICES = ("rad-dino", "chexagent", "biomedclip", "pixels", "random-vit")  # featurestore.encoders.ENCODERS
+
+
+class LazyChoices(Sequence):
+    """Choices read from a registry whenever argparse looks at them (never copied), so building
+    the parser (and ``radstore --help``) does not import the registry's heavy modules, and an
+    encoder registered later is a valid choice."""
+
+    def __init__(self, load: Callable[[], Sequence[str]]):
+        self._load = load
+
+    def _get(self) -> Sequence[str]:
+        return tuple(self._load())
+
+    def __getitem__(self, i):  # noqa: ANN001 - Sequence protocol
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __contains__(self, x: object) -> bool:
+        return x in self._get()
+
+
+def _encoder_names() -> Sequence[str]:
+    from featurestore.encoders import encoder_names
+
+    return encoder_names()
+
+
+ENCODER_CHOICES = LazyChoices(_encoder_names)
+
+
+def config_option(p: argparse.ArgumentParser, cls: type, name: str, help: str, **kw: Any) -> None:
+    """``--name`` for field ``name`` of config dataclass ``cls``: its default (and type) come
+    from the dataclass, so a default is changed in one place and the CLI follows."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    default = None if f.default is dataclasses.MISSING else f.default
+    if "type" not in kw and "action" not in kw:
+        kw["type"] = type(default) if isinstance(default, (int, float, str)) and not isinstance(default, bool) else str
+    shown = "" if default is None else f" (default: {default})"
+    p.add_argument("--" + name.replace("_", "-"), dest=name, default=default, help=help + shown, **kw)
+
+
+def config_values(args: argparse.Namespace, cls: type, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The ``cls`` fields the parser holds (or ``names`` of them), as keyword arguments."""
+    wanted = names or [f.name for f in dataclasses.fields(cls)]
+    return {n: getattr(args, n) for n in wanted if hasattr(args, n)}
 
 
 def _human(n: float) -> str:
@@ -49,6 +100,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if report.failed:
         print(f"{len(report.failed)} image(s) failed; listed above and in {args.store}/ingest_errors/", file=sys.stderr)
         return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    from featurestore.encoders.registry import readme_table
+
+    print(readme_table(), end="")
+    return EXIT_OK
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from featurestore.tasks import TASKS
+
+    print_rows([{"task": t.name, "kind": t.kind, "column": t.column, "input": t.input, "metrics": ", ".join(t.spec.metrics),
+                 "heads": ", ".join(t.spec.heads)} for t in TASKS.values()])
     return EXIT_OK
 
 
@@ -98,19 +164,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     load_manifest(args.manifest)
     from flows.extract import run_extraction
 
-    state = run_extraction(
-        args.runner,
-        manifest=args.manifest,
-        store=args.store,
-        encoder=args.encoder,
-        weights=args.weights,
-        size=args.size,
-        bits=args.bits,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_workers=args.num_workers,
-        shard_images=args.shard_images,
-    )
+    from featurestore.config import ExtractConfig
+
+    opts = config_values(args, ExtractConfig, EXTRACT_OPTIONS)
+    state = run_extraction(args.runner, manifest=args.manifest, store=args.store, encoder=args.encoder, **opts)
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):
         print(f"error: {out}", file=sys.stderr)
@@ -122,10 +179,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if out["failed"] else EXIT_OK
 
 
+#: The TrainConfig fields `radstore train` exposes (task, head and fold are chosen per run).
+TRAIN_OPTIONS = ("seed", "lr", "max_epochs", "patience", "batch_size", "seg_loss", "target_size", "device", "folds", "solver")
+EXTRACT_OPTIONS = ("weights", "size", "bits", "batch_size", "device", "num_workers", "shard_images")
+EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold")
+
+
 def _train_config(args: argparse.Namespace) -> dict:
-    cfg = {"seed": args.seed, "lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience,
-           "batch_size": args.batch_size, "seg_loss": args.seg_loss, "target_size": args.target_size,
-           "device": args.device, "folds": args.folds, "solver": args.solver}
+    from heads.config import TrainConfig
+
+    cfg = config_values(args, TrainConfig, TRAIN_OPTIONS)
     if args.small_refiner:
         cfg.update(refiner_channels=(32, 16), attn_size=32)
     return cfg
@@ -133,16 +196,16 @@ def _train_config(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from featurestore.store import Store
-    from heads.tasks import HEADS, TASKS, get_task
+    from featurestore.tasks import TASKS, all_heads, get_task
 
     store = Store.open(args.store)
     store.feature_set(args.feature_set)  # fail now, in one line, on a wrong id
     tasks = list(TASKS) if args.task == "all" else [get_task(args.task).name]
-    heads = list(HEADS) if args.head == "all" else [args.head]
+    heads = list(all_heads()) if args.head == "all" else [args.head]
     folds = list(range(args.folds)) if args.fold == "all" else [None if args.fold is None else int(args.fold)]
     if len(tasks) * len(heads) * len(folds) == 1:
         from flows.train import train_head
-        from heads.train import TrainConfig
+        from heads.config import TrainConfig
 
         TrainConfig(task=tasks[0], head=heads[0])  # validate before Prefect starts
         run_id = train_head(args.store, args.feature_set, tasks[0], heads[0], args.manifest, {**_train_config(args), "fold": folds[0]})
@@ -156,15 +219,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from featurestore.layout.records import list_runs
     from featurestore.store import Store
-    from heads.runs import list_runs
 
     runs = list_runs(Store.open(args.store))
     if not runs:
         print("no runs yet (radstore train ...)")
-    for r in sorted(runs, key=lambda r: r["created_at"]):
-        metrics = ", ".join(f"{k}={v:.3f}" for k, v in r["test_metrics"].items())
-        print(f"{r['run_id']}  epochs={r['epochs']} best={r['best_epoch']}  {metrics}")
+    for r in sorted(runs, key=lambda r: r.created_at):
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in r.test_metrics.items())
+        print(f"{r.run_id}  epochs={r.epochs} best={r.best_epoch}  {metrics}")
     return EXIT_OK
 
 
@@ -184,8 +247,9 @@ def print_rows(rows: list[dict], out=None) -> None:
 
 
 def _eval_config(args: argparse.Namespace) -> dict:
-    return {"resamples": args.resamples, "seed": args.seed, "method": args.method, "empty_both": args.empty_both,
-            "threshold": args.threshold}
+    from evaluation.config import EvalConfig
+
+    return config_values(args, EvalConfig, EVAL_OPTIONS)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -236,6 +300,7 @@ def _study_config(args: argparse.Namespace):
 
 def cmd_study(args: argparse.Namespace) -> int:
     from evaluation.artifacts import read_evaluation, results_table
+    from featurestore.encoders import get_encoder
     from featurestore.store import Store
 
     cfg = _study_config(args)
@@ -247,7 +312,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     print_rows([{k: v for k, v in r.items() if k != "fold" or v != ""} for r in results_table(tables["metrics"])])
     print()
     for enc, e in out["extracted"].items():
-        weights = e["weights"] or ("none needed" if enc == "pixels" else "found locally")
+        weights = e["weights"] or ("found locally" if get_encoder(enc).needs_weights else "none needed")
         print(f"{enc:12s} weights={weights}  {e['done']} new, {e['skipped']} reused, {e['failed']} failed"
               f"  -> {out['feature_sets'][enc]}")
     print(f"training: {out['trained']} run(s) trained, {out['reused']} reused")
@@ -267,6 +332,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``radstore`` parser; choices and defaults come from the configs and registries."""
+    from evaluation.bootstrap import METHODS
+    from evaluation.config import EvalConfig
+    from evaluation.metrics import EMPTY_CONVENTIONS
+    from featurestore.config import BITS, DEVICES, ExtractConfig
+    from featurestore.tasks import TASKS, all_heads
+    from heads.config import SEG_LOSSES, SOLVERS, TrainConfig
+
     p = argparse.ArgumentParser(prog="radstore", description="Embedding feature store and evaluation pipeline for radiology foundation models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -296,34 +369,35 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("extract", help="embed a manifest's images into a feature set (Prefect flow; backfills only what is missing)")
     s.add_argument("--manifest", required=True)
     s.add_argument("--store", required=True, help="store directory or fsspec URL (created if missing)")
-    s.add_argument("--encoder", required=True, choices=ENCODER_CHOICES)
-    s.add_argument("--weights", default=None, help="model folder, 'random' or 'random:tiny' (default: $RADSTORE_WEIGHTS_DIR/<encoder>, then the HF cache)")
-    s.add_argument("--size", type=int, default=None, help="input resolution (default: the encoder's own); another size is another feature set")
-    s.add_argument("--bits", type=int, choices=(8, 16), default=None, help="quantise to 8 bits (default, as HF processors) or keep 16")
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    s.add_argument("--num-workers", type=int, default=1, help="DataLoader processes decoding images (default 1)")
-    s.add_argument("--shard-images", type=int, default=0, help="images per shard of a new feature set (default: by size)")
+    s.add_argument("--encoder", required=True, choices=ENCODER_CHOICES, metavar="ENCODER",
+                   help="one of the registered encoders: %(choices)s (radstore encoders lists them)")
+    config_option(s, ExtractConfig, "weights", "model folder, 'random' or 'random:tiny' (default: $RADSTORE_WEIGHTS_DIR/<encoder>, then the HF cache)")
+    config_option(s, ExtractConfig, "size", "input resolution (default: the encoder's own); another size is another feature set", type=int)
+    config_option(s, ExtractConfig, "bits", "quantise to 8 bits (default, as HF processors) or keep 16", type=int, choices=BITS)
+    config_option(s, ExtractConfig, "batch_size", "images per forward pass")
+    config_option(s, ExtractConfig, "device", "where the encoder runs", choices=DEVICES)
+    config_option(s, ExtractConfig, "num_workers", "DataLoader processes decoding images")
+    config_option(s, ExtractConfig, "shard_images", "images per shard of a new feature set (0: chosen by size)")
     s.add_argument("--runner", default="local", help="local, dask (a LocalCluster) or dask:ADDRESS (an existing cluster)")
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("train", help="train heads on a feature set, streaming from the store (Prefect flow); prints run ids")
     s.add_argument("--store", required=True)
     s.add_argument("--feature-set", required=True, help="feature set id (radstore store info lists them)")
-    s.add_argument("--task", required=True, help="pneumothorax-cls, cardiomegaly-cls, ctr-reg, pneumothorax-seg, heart-seg, or all")
-    s.add_argument("--head", default="linear", choices=("linear", "cross-attention", "all"))
+    s.add_argument("--task", required=True, choices=[*TASKS, "all"], help="%(choices)s")
+    config_option(s, TrainConfig, "head", "the head to train, or all (each where its task kind takes it)", choices=[*all_heads(), "all"])
     s.add_argument("--manifest", default=None, help="labels and masks (default: the manifest(s) the images were ingested from)")
     s.add_argument("--fold", default=None, help="k-fold by patient: a fold number or 'all' (default: the manifest's split)")
-    s.add_argument("--folds", type=int, default=5)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--lr", type=float, default=1e-4)
-    s.add_argument("--max-epochs", type=int, default=500)
-    s.add_argument("--patience", type=int, default=5)
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--seg-loss", default="bce", choices=("bce", "dice+bce"))
-    s.add_argument("--target-size", type=int, default=128, help="segmentation target resolution")
-    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    s.add_argument("--solver", default="adamw", choices=("adamw", "lbfgs"), help="global probes: the study's AdamW, or the CLIP-style L-BFGS probe")
+    config_option(s, TrainConfig, "folds", "number of folds for --fold")
+    config_option(s, TrainConfig, "seed", "seed of initialisation, shuffling and folds")
+    config_option(s, TrainConfig, "lr", "AdamW learning rate")
+    config_option(s, TrainConfig, "max_epochs", "most epochs (early stopping on the validation loss ends sooner)")
+    config_option(s, TrainConfig, "patience", "epochs without a better validation loss before stopping")
+    config_option(s, TrainConfig, "batch_size", "images per step")
+    config_option(s, TrainConfig, "seg_loss", "segmentation loss", choices=SEG_LOSSES)
+    config_option(s, TrainConfig, "target_size", "segmentation target resolution")
+    config_option(s, TrainConfig, "device", "where heads train", choices=DEVICES)
+    config_option(s, TrainConfig, "solver", "global probes: the study's AdamW, or the CLIP-style L-BFGS probe", choices=SOLVERS)
     s.add_argument("--small-refiner", action="store_true", help="cross-attention refiner 32/16 channels at 32x32 (CPU demos)")
     s.set_defaults(func=cmd_train)
 
@@ -336,12 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--runs", nargs="+", metavar="RUN", help="run ids (radstore runs lists them)")
     g.add_argument("--all", action="store_true", help="the latest run of every task x head x fold x feature set")
-    s.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--method", default="percentile", choices=("percentile", "bca"))
-    s.add_argument("--empty-both", default="one", choices=("one", "nan", "zero"),
-                   help="Dice/IoU of an image with empty true and predicted masks: 1 (default), left out, or 0")
-    s.add_argument("--threshold", type=float, default=0.5, help="segmentation probability threshold")
+    config_option(s, EvalConfig, "resamples", "bootstrap resamples")
+    config_option(s, EvalConfig, "seed", "seed of the bootstrap resamples")
+    config_option(s, EvalConfig, "method", "confidence interval method", choices=METHODS)
+    config_option(s, EvalConfig, "empty_both", "Dice/IoU of an image with empty true and predicted masks: 1, left out, or 0",
+                  choices=EMPTY_CONVENTIONS)
+    config_option(s, EvalConfig, "threshold", "segmentation probability threshold")
     s.add_argument("--all-metrics", action="store_true", help="print every metric, not only each task's headline")
     s.set_defaults(func=cmd_evaluate)
 
@@ -371,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "serve":
             s.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
         s.set_defaults(func=func)
+
+    sub.add_parser("encoders", help="the registered encoders (model, input size, embedding shapes)").set_defaults(func=cmd_encoders)
+    sub.add_parser("tasks", help="the tasks, their kinds, metrics and heads").set_defaults(func=cmd_tasks)
 
     # Dispatched in main() before parsing: its options are benchmarks.run's (radstore bench --help).
     sub.add_parser("bench", help="run the benchmarks, same as make bench (radstore bench --help lists the options)")

@@ -37,15 +37,12 @@ class StudyConfig:
     # fsspec options for an object store, e.g. {"endpoint_url": "http://minio:9000"}; credentials
     # come from here or from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).
     storage_options: dict[str, Any] = field(default_factory=dict)
-    encoders: tuple[EncoderEntry, ...] = (
-        EncoderEntry("rad-dino"), EncoderEntry("chexagent"), EncoderEntry("biomedclip"),
-        EncoderEntry("pixels"), EncoderEntry("random-vit"),
-    )
+    encoders: tuple[EncoderEntry, ...] = field(default_factory=lambda: _default_encoders())  # every registered encoder
     # What an encoder whose weights are not found locally gets: random:tiny (printed loudly; a
     # test of the plumbing, not of the model), random (the real-size architecture), or error.
     missing_weights: str = "random:tiny"
-    tasks: tuple[str, ...] = ("pneumothorax-cls", "cardiomegaly-cls", "ctr-reg", "pneumothorax-seg", "heart-seg")
-    heads: tuple[str, ...] = ("linear", "cross-attention")  # cross-attention is trained for segmentation tasks only
+    tasks: tuple[str, ...] = field(default_factory=lambda: _default_tasks())  # every task of featurestore.tasks
+    heads: tuple[str, ...] = field(default_factory=lambda: _default_heads())  # each trained where its task kind takes it
     folds: tuple[int, ...] | None = None  # None: the manifest's split; e.g. [0,1,2,3,4] for 5-fold CV by patient
     train: dict[str, Any] = field(default_factory=dict)  # any heads.train.TrainConfig field (lr, max_epochs, solver, ...)
     evaluation: dict[str, Any] = field(default_factory=dict)  # any evaluation.artifacts.EvalConfig field
@@ -58,7 +55,8 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         from evaluation.artifacts import EvalConfig
-        from heads.tasks import HEADS, get_task
+        from featurestore.encoders import get_encoder
+        from featurestore.tasks import all_heads, get_task
         from heads.train import TrainConfig
 
         object.__setattr__(self, "encoders", tuple(e if isinstance(e, EncoderEntry) else _entry(e) for e in self.encoders))
@@ -73,17 +71,14 @@ class StudyConfig:
         for t in self.tasks:
             get_task(t)
         for h in self.heads:
-            if h not in HEADS:
-                raise RadstoreError(f"unknown head {h!r}; choose from {', '.join(HEADS)}")
+            if h not in all_heads():
+                raise RadstoreError(f"unknown head {h!r}; choose from {', '.join(all_heads())}")
         bad = set(self.train) - {f.name for f in fields(TrainConfig)} | ({"task", "head", "fold"} & set(self.train))
         if bad:
             raise RadstoreError(f"train: unknown or per-run key(s) {', '.join(sorted(bad))}")
         EvalConfig(**self.evaluation)  # validates
-        from featurestore.encoders import ENCODERS
-
         for e in self.encoders:
-            if e.name not in ENCODERS:
-                raise RadstoreError(f"unknown encoder {e.name!r}; choose from {', '.join(ENCODERS)}")
+            get_encoder(e.name)
 
     @property
     def report_dir(self) -> str | None:
@@ -107,6 +102,24 @@ class StudyConfig:
         if unknown:
             raise RadstoreError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
         return cls(**d)
+
+
+def _default_encoders() -> tuple[EncoderEntry, ...]:
+    from featurestore.encoders import encoder_names
+
+    return tuple(EncoderEntry(n) for n in encoder_names())
+
+
+def _default_tasks() -> tuple[str, ...]:
+    from featurestore.tasks import TASKS
+
+    return tuple(TASKS)
+
+
+def _default_heads() -> tuple[str, ...]:
+    from featurestore.tasks import all_heads
+
+    return all_heads()
 
 
 def _entry(e: Any) -> EncoderEntry:

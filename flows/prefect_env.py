@@ -1,8 +1,8 @@
 """Prefect defaults that make a fresh machine work; imported before prefect itself.
 
-Measured here (shared/measurements.md): the first flow run on a fresh PREFECT_HOME needs ~23 s
-to create its database, beyond Prefect's default 20 s ephemeral-server timeout; analytics
-only log errors on an offline machine. A user's own settings always win (setdefault).
+The first flow run on a fresh PREFECT_HOME creates its database, which can take longer than
+Prefect's default ephemeral-server timeout on a small machine (figures in benchmarks/README.md);
+analytics only log errors on an offline machine. A user's own settings always win (setdefault).
 """
 
 import os

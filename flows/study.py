@@ -24,7 +24,8 @@ from flows.config import StudyConfig, load_config
 from flows.evaluate import evaluate_flow
 from flows.extract import run_extraction, task_runner_for
 from flows.train import grid_configs, train_task
-from heads.runs import find_run, list_runs
+from featurestore.layout.records import list_runs
+from heads.runs import find_run
 from heads.train import TrainConfig
 
 

@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from featurestore.store import Store
-from heads.tasks import HEADS, TASKS
+from featurestore.tasks import TASKS, all_heads
 from heads.train import TrainConfig, train
 
 
@@ -41,11 +41,11 @@ def train_head(store: str, feature_set: str, task: str, head: str = "linear", ma
 
 
 def grid_configs(tasks: list[str] | None, heads: list[str] | None, folds: list[int | None] | None, base: dict | None = None) -> list[TrainConfig]:
-    """Every (task, head, fold) that makes sense: the cross-attention head only segments."""
+    """Every (task, head, fold) that makes sense: a head only where its task kind takes it."""
     out = []
     for t in tasks or list(TASKS):
-        for h in heads or list(HEADS):
-            if h == "cross-attention" and TASKS[t].kind != "segmentation":
+        for h in heads or list(all_heads()):
+            if h not in TASKS[t].spec.heads:
                 continue
             for f in folds or [None]:
                 out.append(TrainConfig(task=t, head=h, **{**(base or {}), "fold": f}))

@@ -19,9 +19,14 @@ Works for any grid size and channel count (37x37x768, 14x14x768, 32x32x1024, the
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from featurestore.tasks import TaskKind
+from heads.registry import register_head
 
 
 class CrossAttentionSegHead(nn.Module):
@@ -65,3 +70,10 @@ class CrossAttentionSegHead(nn.Module):
         x = x + ctx if self.fusion == "add" else torch.cat([x, ctx], dim=1)
         logits = self.out(x)
         return F.interpolate(logits, size=(self.target_size, self.target_size), mode="bilinear", align_corners=False)[:, 0]
+
+
+@register_head("cross-attention", reads_global=True)
+def build_cross_attention(kind: TaskKind, cfg: Any, channels: int, global_dim: int, outputs: int,
+                          y_scale: tuple[float, float] | None = None) -> nn.Module:  # fmt: skip
+    """The study's segmentation head (mask kinds only; featurestore.tasks says where it applies)."""
+    return CrossAttentionSegHead(channels, global_dim, cfg.target_size, cfg.attn_size, cfg.refiner_channels, fusion=cfg.fusion)

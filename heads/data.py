@@ -38,7 +38,7 @@ from featurestore.featureset import FeatureSet
 from featurestore.imageio import read_image
 from featurestore.manifest import load_manifest
 from featurestore.store import Store
-from heads.tasks import TaskDef
+from featurestore.tasks import TaskDef
 
 SPLITS = ("train", "val", "test")
 
@@ -91,7 +91,7 @@ def load_labels(task: TaskDef, fs: FeatureSet, manifest: str | list[str] | None,
             ids.append(i)
             patients.append(r.get("patient_id") or i)
             splits.append(r.get("split") or "train")
-            if task.kind == "segmentation":
+            if task.spec.dense:
                 values.append(0.0)
                 masks.append(m.resolve(r[task.column]))
             else:
@@ -101,7 +101,7 @@ def load_labels(task: TaskDef, fs: FeatureSet, manifest: str | list[str] | None,
                 values.append(v)
     if not ids:
         raise RadstoreError(f"no image of feature set {fs.id} has a {task.column!r} label in {', '.join(urls)}")
-    return Labels(ids, patients, splits, np.asarray(values, np.float32), masks if task.kind == "segmentation" else None)
+    return Labels(ids, patients, splits, np.asarray(values, np.float32), masks if task.spec.dense else None)
 
 
 def split_indices(labels: Labels, fold: int | None, folds: int, seed: int) -> dict[str, np.ndarray]:
@@ -155,8 +155,8 @@ class _Buffers:
 
     A batch tensor made with ``torch.from_numpy``, any view of it, a ``.numpy()`` of it and an
     autograd graph that saved it all keep a reference to the array, so an array whose only
-    reference is this pool's is free. Reuse matters: a fresh 67 MB batch costs ~2 ms of page
-    faults per image on this machine, more than filling it (benchmarks/README.md).
+    reference is this pool's is free. Reuse matters: page-faulting a fresh batch array costs more
+    than filling it (figures in benchmarks/README.md).
     """
 
     def __init__(self, keep: int):

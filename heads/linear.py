@@ -8,9 +8,14 @@ training does not depend on the embedding's scale.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from featurestore.tasks import TaskKind
+from heads.registry import register_head
 
 
 class LinearProbe(nn.Module):
@@ -39,3 +44,13 @@ class LinearSegProbe(nn.Module):
     def forward(self, g: torch.Tensor | None, patches: torch.Tensor) -> torch.Tensor:
         logits = self.conv(self.norm(patches))
         return F.interpolate(logits, size=(self.target_size, self.target_size), mode="bilinear", align_corners=False)[:, 0]
+
+
+@register_head("linear")
+def build_linear(kind: TaskKind, cfg: Any, channels: int, global_dim: int, outputs: int,
+                 y_scale: tuple[float, float] | None = None) -> nn.Module:  # fmt: skip
+    """The study's linear probe: a linear layer on the global vector, or a 1x1 convolution on
+    the patch grid for a mask kind."""
+    if kind.dense:
+        return LinearSegProbe(channels, cfg.target_size)
+    return LinearProbe(global_dim, outputs, *(y_scale or (0.0, 1.0)))

@@ -2,8 +2,9 @@
 
 Defaults as in the study: AdamW (lr 1e-4, weight decay 1e-2), batch size 16, early stopping on
 the validation loss (patience 5, best weights restored), at most 500 epochs, fixed seeds, bf16
-autocast on CUDA; class-weighted cross-entropy for classification, MSE for regression, BCE
-(or Dice + BCE) for segmentation.
+autocast on CUDA. What a task kind trains against (its loss and how the head's output becomes
+the prediction) is its objective (heads.objectives); which head is built comes from the head
+registry (heads.registry); nothing here depends on a kind's name.
 """
 
 from __future__ import annotations
@@ -17,66 +18,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from evaluation.metrics import get_metric, per_image_overlap
 from featurestore.errors import RadstoreError
 from featurestore.extract import resolve_device
 from featurestore.featureset import FeatureSet
 from featurestore.store import Store
-from heads.cross_attention import CrossAttentionSegHead
+from featurestore.tasks import TaskDef, get_task
 from heads.data import StreamingLoader, load_labels, mask_targets, split_indices
-from heads.linear import LinearProbe, LinearSegProbe
-from heads.runs import RunRecord, write_run
-from heads.tasks import HEADS, TaskDef, get_task
-
-SEG_LOSSES = ("bce", "dice+bce")
-SOLVERS = ("adamw", "lbfgs")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run; the same object drives the CLI, the flows and the tests."""
-
-    task: str
-    head: str = "linear"
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    batch_size: int = 16
-    patience: int = 5
-    max_epochs: int = 500
-    seed: int = 0
-    seg_loss: str = "bce"
-    target_size: int = 128  # segmentation target resolution (masks resized to it)
-    fold: int | None = None  # None: the manifest's split; k: fold k of `folds`, by patient
-    folds: int = 5
-    buffer_images: int = 256  # shuffle buffer (rows held in memory while streaming)
-    in_memory: bool = False  # load the split once instead of streaming (benchmark baseline)
-    device: str = "auto"
-    attn_size: int = 64
-    refiner_channels: tuple[int, int] = (512, 256)
-    fusion: str = "add"
-    # "adamw": the study's protocol. "lbfgs": the CLIP-style linear probe for global tasks,
-    # scikit-learn's L-BFGS logistic / ridge regression with the L2 strength chosen on the
-    # validation split (holds the split's global vectors in memory, never the grids).
-    # Segmentation tasks ignore it and train with AdamW.
-    solver: str = "adamw"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        get_task(self.task)
-        if self.head not in HEADS:
-            raise RadstoreError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
-        if self.solver not in SOLVERS:
-            raise RadstoreError(f"solver must be one of {SOLVERS}")
-        if self.seg_loss not in SEG_LOSSES:
-            raise RadstoreError(f"seg_loss must be one of {SEG_LOSSES}")
-        object.__setattr__(self, "refiner_channels", tuple(self.refiner_channels))
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["refiner_channels"] = list(self.refiner_channels)
-        return d
-
+from heads.linear import LinearProbe
+from heads.config import TrainConfig
+from heads.objectives import get_objective, target_scale
+from heads.registry import get_head
+from heads.runs import save_run
 
 @dataclass
 class TrainResult:
@@ -88,71 +42,24 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def target_scale(y_train: np.ndarray) -> tuple[float, float]:
-    """Mean and std of a regression target on the training split (std 1 if constant)."""
-    return float(np.mean(y_train)), float(np.std(y_train)) or 1.0
-
-
 def build_head(task: TaskDef, cfg: TrainConfig, fs: FeatureSet, y_train: np.ndarray | None = None) -> torch.nn.Module:
-    c, _, _ = fs.spec.grid
-    if task.kind != "segmentation":
-        if cfg.head == "cross-attention":
-            raise RadstoreError(f"the cross-attention head segments; task {task.name} takes a linear head")
-        if task.kind == "regression" and y_train is not None:
-            return LinearProbe(fs.spec.global_dim, 1, *target_scale(y_train))
-        return LinearProbe(fs.spec.global_dim, 2 if task.kind == "classification" else 1)
-    if cfg.head == "linear":
-        return LinearSegProbe(c, cfg.target_size)
-    return CrossAttentionSegHead(c, fs.spec.global_dim, cfg.target_size, cfg.attn_size, cfg.refiner_channels, fusion=cfg.fusion)
-
-
-def _dice_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    p = torch.sigmoid(logits).flatten(1)
-    y = y.flatten(1)
-    return (1 - (2 * (p * y).sum(1) + eps) / (p.sum(1) + y.sum(1) + eps)).mean()
-
-
-def make_loss(task: TaskDef, cfg: TrainConfig, y_train: np.ndarray, fg_fraction: float | None = None):
-    if task.kind == "classification":
-        pos = float(y_train.mean())
-        if pos in (0.0, 1.0):
-            raise RadstoreError(f"{task.name}: the training split has only one class ({'positive' if pos else 'negative'})")
-        weight = torch.tensor([0.5 / (1 - pos), 0.5 / pos], dtype=torch.float32)  # balanced class weights
-
-        def loss(out, y):
-            return F.cross_entropy(out.float(), y.long(), weight=weight.to(out.device))
-
-        return loss
-    if task.kind == "regression":
-        mu, sd = target_scale(y_train)
-        return lambda out, y: F.mse_loss((out.float()[:, 0] - mu) / sd, (y - mu) / sd)
-
-    # Segmentation: BCE weighted like the classification classes (foreground is ~1-15% of
-    # pixels; unweighted BCE settles on "all background" for weak features).
-    f = min(max(fg_fraction or 0.5, 1e-3), 0.5)
-    pos_weight = torch.tensor(min((1 - f) / f, 50.0))
-
-    def seg(out, y):
-        bce = F.binary_cross_entropy_with_logits(out.float(), y, pos_weight=pos_weight.to(out.device))
-        return bce + _dice_loss(out.float(), y) if cfg.seg_loss == "dice+bce" else bce
-
-    return seg
+    """The configured head for ``task`` on ``fs`` (a regression head learns the standardised target)."""
+    kind = task.spec
+    objective = get_objective(kind.objective)
+    scale = target_scale(y_train) if objective.scaled and y_train is not None else None
+    return get_head(cfg.head).build(kind, cfg, fs.spec.grid[0], fs.spec.global_dim, objective.outputs, scale)
 
 
 def _predict(model, loader, task: TaskDef, device, autocast) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, predictions, targets) for a whole split, in loader order."""
     model.eval()
+    predict = get_objective(task.spec.objective).predict
     ids, preds, ys = [], [], []
     with torch.inference_mode():
         for b in loader:
             with autocast():
                 out = model(_to(b.g, device), _to(b.patches, device)).float()
-            if task.kind == "classification":
-                p = torch.softmax(out, 1)[:, 1]
-            elif task.kind == "regression":
-                p = out[:, 0]
-            else:
-                p = torch.sigmoid(out)
+            p = predict(out)
             ids += b.ids
             preds.append(p.cpu().numpy())
             ys.append(b.y.numpy())
@@ -163,25 +70,22 @@ def _to(x, device):
     return None if x is None else x.to(device, non_blocking=True)
 
 
-def quick_metrics(task: TaskDef, pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """The run's own summary (issue #5's evaluation computes CIs and comparisons)."""
-    from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
-
-    if task.kind == "classification":
-        if len(np.unique(y)) < 2:
-            return {}
-        return {"auroc": float(roc_auc_score(y, pred)), "auprc": float(average_precision_score(y, pred))}
-    if task.kind == "regression":
-        return {"r2": float(r2_score(y, pred)), "mae": float(np.abs(pred - y).mean())}
-    p = pred > 0.5
-    t = y > 0.5
-    inter = (p & t).sum((1, 2))
-    denom = p.sum((1, 2)) + t.sum((1, 2))
-    union = (p | t).sum((1, 2))
-    both_empty = denom == 0
-    dice = np.where(both_empty, 1.0, 2 * inter / np.maximum(denom, 1))
-    iou = np.where(both_empty, 1.0, inter / np.maximum(union, 1))
-    return {"dice": float(dice.mean()), "iou": float(iou.mean()), "dice_positive": float(dice[t.any((1, 2))].mean()) if t.any() else math.nan}
+def quick_metrics(task: TaskDef, pred: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """The run's own summary on its test split: the kind's metrics without intervals (the
+    evaluation computes intervals and comparisons). Mask kinds are thresholded at
+    ``threshold``; ``dice_positive`` is the mean Dice over images with a non-empty target."""
+    kind = task.spec
+    if kind.dense:
+        t = y > 0.5
+        dice, iou = per_image_overlap(t, pred > threshold)
+        arrays = {"dice": dice, "iou": iou}
+    else:
+        arrays = {"y": np.asarray(y, np.float64), "prediction": np.asarray(pred, np.float64)}
+    out = {m: float(get_metric(m)(arrays)[0]) for m in kind.metrics}
+    if kind.dense:
+        positive = t.reshape(len(t), -1).any(1)
+        out["dice_positive"] = float(dice[positive].mean()) if positive.any() else math.nan
+    return {k: v for k, v in out.items() if not (math.isnan(v) and k != "dice_positive")}
 
 
 def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | list[str] | None = None) -> TrainResult:
@@ -196,7 +100,8 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    if task.kind == "segmentation":
+    kind = task.spec
+    if kind.dense:
         y_all = mask_targets(fs, labels, cfg.target_size, task.column, progress=cfg.progress)
     else:
         y_all = labels.values
@@ -205,20 +110,20 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         idx = splits[split]
         return StreamingLoader(
             fs, [labels.image_ids[i] for i in idx], _Rows(y_all, idx), batch_size=cfg.batch_size, shuffle=shuffle,
-            seed=cfg.seed, buffer_images=cfg.buffer_images, need_global=task.input == "global" or cfg.head == "cross-attention",
-            need_patches=task.input == "patches", in_memory=cfg.in_memory,
+            seed=cfg.seed, buffer_images=cfg.buffer_images, need_global=not kind.dense or get_head(cfg.head).reads_global,
+            need_patches=kind.dense, in_memory=cfg.in_memory,
         )
 
     train_l, val_l, test_l = loader("train", True), loader("val", False), loader("test", False)
     y_train = labels.values[splits["train"]]
     model = build_head(task, cfg, fs, y_train).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fg = float(np.mean([y_all[i].mean() for i in splits["train"][:512]])) if task.kind == "segmentation" else None
-    loss_fn = make_loss(task, cfg, y_train, fg)
+    fg = float(np.mean([y_all[i].mean() for i in splits["train"][:512]])) if kind.dense else None
+    loss_fn = get_objective(kind.objective).make_loss(y_train, cfg, fg)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     best, best_state, best_epoch, bad = math.inf, None, -1, 0
     curve: list[dict] = []
-    lbfgs = cfg.solver == "lbfgs" and task.input == "global"  # segmentation always trains with AdamW
+    lbfgs = cfg.solver == "lbfgs" and get_objective(kind.objective).lbfgs is not None  # mask kinds train with AdamW
     if lbfgs:
         model, curve = fit_lbfgs_probe(task, model, train_l, val_l)
         best_epoch = 0
@@ -260,11 +165,8 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         model.load_state_dict(best_state)
     ids, pred, y = _predict(model, test_l, task, device, autocast)
     metrics = quick_metrics(task, pred, y)
-    record = RunRecord(
-        task=task, config=cfg.to_json(), feature_set_id=fs.id, encoder=fs.spec.encoder, curve=curve,
-        best_epoch=best_epoch, test_metrics=metrics, splits={k: len(v) for k, v in splits.items()},
-    )
-    run_id = write_run(store, record, model, ids, pred, y)
+    run_id = save_run(store, task, cfg.to_json(), fs.id, fs.spec.encoder, curve, best_epoch, metrics,
+                      {k: len(v) for k, v in splits.items()}, model, ids, pred, y)
     return TrainResult(run_id, best_epoch, len(curve), curve, metrics, time.perf_counter() - t0)
 
 
@@ -281,6 +183,7 @@ def fit_lbfgs_probe(task: TaskDef, model: LinearProbe, train_l: StreamingLoader,
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.metrics import log_loss
 
+    method = get_objective(task.spec.objective).lbfgs
     xtr, ytr = _collect(train_l)
     xva, yva = _collect(val_l)
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
@@ -288,7 +191,7 @@ def fit_lbfgs_probe(task: TaskDef, model: LinearProbe, train_l: StreamingLoader,
     curve = []
     best = None
     for strength in np.logspace(-4, 2, 13):
-        if task.kind == "classification":
+        if method == "logistic":
             clf = LogisticRegression(C=strength, class_weight="balanced", max_iter=5000).fit(ztr, ytr)
             w = np.where(yva == 1, 0.5 / max(yva.mean(), 1e-6), 0.5 / max(1 - yva.mean(), 1e-6))
             loss = log_loss(yva, clf.predict_proba(zva)[:, 1], sample_weight=w, labels=[0, 1])
@@ -307,7 +210,7 @@ def fit_lbfgs_probe(task: TaskDef, model: LinearProbe, train_l: StreamingLoader,
         model.norm.running_var.copy_(torch.from_numpy(sd**2 - model.norm.eps).clamp_min(0).float())
         model.fc.weight.zero_()
         model.fc.bias.zero_()
-        row = 1 if task.kind == "classification" else 0  # logits [0, w.z + b]: softmax[:, 1] = sigmoid(w.z + b)
+        row = 1 if method == "logistic" else 0  # logits [0, w.z + b]: softmax[:, 1] = sigmoid(w.z + b)
         model.fc.weight[row] = torch.from_numpy(coef).float()
         model.fc.bias[row] = float(icpt)
     return model.eval(), curve

@@ -48,7 +48,7 @@ def summarise(raw: str, top: int = 12) -> None:
     for line in open(raw):
         stack, n = line.rstrip().rsplit(" ", 1)
         frames = stack.split(";")
-        if any("_bootstrap" in f for f in frames) or not any("featureset.py" in f for f in frames):
+        if any("_bootstrap" in f for f in frames) or not any("featurestore/featureset/" in f for f in frames):
             continue
         total += int(n)
         leaf[frames[-1][:100]] += int(n)

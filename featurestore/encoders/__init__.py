@@ -1,14 +1,7 @@
 """Encoder adapters: one interface (:class:`~featurestore.encoders.base.Encoder`) for every model.
 
-==============  =============================================  =====  ===========  ==========
-name            model                                          input  global       patches
-==============  =============================================  =====  ===========  ==========
-rad-dino        transformers Dinov2Model (microsoft/rad-dino)  518    768 pooler   37x37x768
-chexagent       transformers SiglipVisionModel (XraySigLIP)    512    1024 attnpool 32x32x1024
-biomedclip      open_clip timm ViT-B/16 (BiomedCLIP)           224    512 proj     14x14x768
-pixels          none: pooled pixels (control)                  512    274 stats    32x32x16
-random-vit      Dinov2Model, random weights, seeded (control)   518    768 pooler   37x37x768
-==============  =============================================  =====  ===========  ==========
+Each adapter module registers its encoders (:mod:`featurestore.encoders.registry`);
+``radstore encoders`` and the README print the table of what is registered.
 """
 
 from __future__ import annotations
@@ -18,36 +11,41 @@ import os
 # radstore never downloads weights: keep huggingface_hub (and transformers, timm) offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import importlib
+import pkgutil
+
 from featurestore.encoders.base import EmbedOutput, Encoder
+from featurestore.encoders.registry import ENCODERS, EncoderInfo, encoder_names, get_encoder, register
 from featurestore.encoders.weights import MissingWeightsError, resolve
 
-ENCODERS = ("rad-dino", "chexagent", "biomedclip", "pixels", "random-vit")
-HUB_REPOS = {
-    "rad-dino": "microsoft/rad-dino",
-    "chexagent": "StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli",
-    "biomedclip": "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-}
+__all__ = ["ENCODERS", "EmbedOutput", "Encoder", "EncoderInfo", "MissingWeightsError", "choose_weights", "encoder_names",
+           "get_encoder", "load_encoder", "preflight", "register"]
 
-__all__ = ["ENCODERS", "EmbedOutput", "Encoder", "MissingWeightsError", "choose_weights", "load_encoder", "preflight"]
+#: Modules of this package that are infrastructure, not adapters.
+_NOT_ADAPTERS = {"base", "preprocess", "registry", "weights"}
 
 
-def _check_name(name: str) -> None:
-    from featurestore.errors import RadstoreError
+def _discover() -> None:
+    """Import every adapter module of this package (each registers its encoders), then any
+    package that declares a ``radstore.encoders`` entry point."""
+    for m in pkgutil.iter_modules(__path__):
+        if m.name not in _NOT_ADAPTERS:
+            importlib.import_module(f"{__name__}.{m.name}")
+    from importlib.metadata import entry_points
 
-    if name not in ENCODERS:
-        raise RadstoreError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    for ep in entry_points(group="radstore.encoders"):
+        ep.load()
 
 
-def _weights_or_default(name: str, weights: str | None) -> str | None:
-    """random-vit is random by definition; the others look for real weights."""
-    return weights or ("random" if name == "random-vit" else None)
+def _weights_or_default(info: EncoderInfo, weights: str | None) -> str | None:
+    return weights or info.default_weights
 
 
 def preflight(name: str, weights: str | None = None) -> None:
     """Raise now (RadstoreError) if ``name`` is unknown or its weights cannot be found offline."""
-    _check_name(name)
-    if name != "pixels":
-        resolve(name, _weights_or_default(name, weights), HUB_REPOS.get(name))
+    info = get_encoder(name)
+    if info.needs_weights:
+        resolve(name, _weights_or_default(info, weights), info.hub_repo)
 
 
 def choose_weights(name: str, weights: str | None, fallback: str = "error") -> tuple[str | None, str | None]:
@@ -73,22 +71,13 @@ def load_encoder(name: str, weights: str | None = None, size: int | None = None,
     A changed input size or bit depth changes the preprocessing, hence the feature set id: the
     study's resolution and bit-depth ablations land in distinct feature sets.
     """
-    _check_name(name)
-    if name == "pixels":
-        from featurestore.encoders.pixels import PixelsEncoder
+    info = get_encoder(name)
+    source = resolve(name, _weights_or_default(info, weights), info.hub_repo) if info.needs_weights else None
+    if info.needs_weights:
+        from transformers.utils import logging as hf_logging
 
-        return PixelsEncoder(size=size or 512, bits=bits or 8)
-    from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # radstore shows its own progress; keep logs readable
+    return info.load(name, source, size, bits)
 
-    hf_logging.disable_progress_bar()  # radstore shows its own progress; keep logs readable
-    if name == "chexagent":
-        from featurestore.encoders.siglip import SiglipEncoder
 
-        return SiglipEncoder.load(name, resolve(name, weights, HUB_REPOS[name]), size=size or 512, bits=bits or 8)
-    if name == "biomedclip":
-        from featurestore.encoders.openclip import OpenClipEncoder
-
-        return OpenClipEncoder.load(name, resolve(name, weights, HUB_REPOS[name]), size=size, bits=bits or 8)
-    from featurestore.encoders.dinov2 import Dinov2Encoder
-
-    return Dinov2Encoder.load(name, resolve(name, _weights_or_default(name, weights), HUB_REPOS.get(name)), size=size or 518, bits=bits or 8)
+_discover()

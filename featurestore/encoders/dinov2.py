@@ -14,6 +14,7 @@ import torch
 
 from featurestore.encoders.base import EmbedOutput, Encoder
 from featurestore.encoders.preprocess import Preprocessing
+from featurestore.encoders.registry import register
 from featurestore.encoders.weights import WeightsSource, cache_dir
 
 RAD_DINO_PREPROCESSING = Preprocessing(size=518, mean=(0.5307,) * 3, std=(0.2583,) * 3, resize="shortest_edge_crop")
@@ -72,3 +73,20 @@ class Dinov2Encoder(Encoder):
     def embed(self, batch: torch.Tensor) -> EmbedOutput:
         out = self.model(pixel_values=batch)
         return EmbedOutput(global_=out.pooler_output, patches=self.to_grid(out.last_hidden_state[:, 1 + self.registers :]))
+
+
+@register("rad-dino", hub_repo="microsoft/rad-dino", order=0,
+          summary=(
+              "`microsoft/rad-dino`, transformers `Dinov2Model` | "
+              "shortest edge 518 bicubic, centre crop 518, mean 0.5307 / std 0.2583 | "
+              "`pooler_output` (layer-normed [CLS]), 768 | "
+              "`last_hidden_state[:, 1:]` (registers skipped if any), 37x37x768"))
+@register("random-vit", default_weights="random", order=4,
+          summary=(
+              "control: `Dinov2Model` ViT-B/14 at 518, random weights (seeded from the name and seed 0) | "
+              "as rad-dino | "
+              "768 | "
+              "37x37x768"))
+def load(name: str, source: WeightsSource, size: int | None = None, bits: int | None = None) -> Dinov2Encoder:
+    """RAD-DINO from its folder, or the random ViT-B/14 control (same class, seeded weights)."""
+    return Dinov2Encoder.load(name, source, size=size or 518, bits=bits or 8)

@@ -20,6 +20,7 @@ import torch
 
 from featurestore.encoders.base import EmbedOutput, Encoder
 from featurestore.encoders.preprocess import Preprocessing
+from featurestore.encoders.registry import register
 from featurestore.encoders.weights import WeightsSource, cache_dir
 
 HUB_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -115,3 +116,14 @@ class OpenClipEncoder(Encoder):
         # visual(x) = head(trunk(x)); with pool '' the trunk's forward_head takes token 0.
         projected = self.visual.head(self.visual.trunk.forward_head(tokens))
         return EmbedOutput(global_=projected, patches=self.to_grid(tokens[:, self.prefix_tokens :]), extras={"cls_trunk": tokens[:, 0]})
+
+
+@register("biomedclip", hub_repo=HUB_REPO, order=2,
+          summary=(
+              "`microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`, open_clip timm ViT-B/16 | "
+              "224, OpenAI CLIP mean/std | "
+              "projected image embedding, 512 (+ trunk [CLS] 768 as column `cls_trunk`) | "
+              "`visual.trunk.forward_features(x)[:, 1:]`, 14x14x768"))
+def load(name: str, source: WeightsSource, size: int | None = None, bits: int | None = None) -> OpenClipEncoder:
+    """BiomedCLIP's image tower from its open_clip folder (input size from its config)."""
+    return OpenClipEncoder.load(name, source, size=size, bits=bits or 8)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from featurestore.encoders.base import EmbedOutput, Encoder
 from featurestore.encoders.preprocess import Preprocessing
+from featurestore.encoders.registry import register
 
 PATCH = 16
 POOLED = 4
@@ -40,3 +41,13 @@ class PixelsEncoder(Encoder):
         hist = torch.stack([torch.histc(row, bins=16, min=lo, max=hi) for row in v]) / v.shape[1]
         stats = torch.stack([v.mean(1), v.std(1)], 1)
         return EmbedOutput(global_=torch.cat([coarse, hist, stats], 1), patches=patches.contiguous())
+
+
+@register("pixels", needs_weights=False, order=3, summary=(
+              "control, no weights | "
+              "512 squash | "
+              "16x16 pooled image + 16-bin histogram + mean, std (274) | "
+              "32x32 patches of 16x16 px pooled to 4x4 (16 channels)"))
+def load(name: str, source: object = None, size: int | None = None, bits: int | None = None) -> PixelsEncoder:
+    """The pixel control: no weights, the image itself pooled to a grid."""
+    return PixelsEncoder(name, size=size or 512, bits=bits or 8)

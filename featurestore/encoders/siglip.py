@@ -16,6 +16,7 @@ import torch
 
 from featurestore.encoders.base import EmbedOutput, Encoder
 from featurestore.encoders.preprocess import Preprocessing
+from featurestore.encoders.registry import register
 from featurestore.encoders.weights import WeightsSource, cache_dir
 
 HUB_REPO = "StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli"
@@ -72,3 +73,14 @@ class SiglipEncoder(Encoder):
         native = self.model.config.image_size
         out = self.model(pixel_values=batch, interpolate_pos_encoding=batch.shape[-1] != native)
         return EmbedOutput(global_=out.pooler_output, patches=self.to_grid(out.last_hidden_state))
+
+
+@register("chexagent", hub_repo=HUB_REPO, order=1,
+          summary=(
+              "`StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli`, transformers `SiglipVisionModel` | "
+              "plain bicubic resize 512x512, position embeddings interpolated, processor mean/std | "
+              "attention-pool `pooler_output`, 1024 (**SigLIP has no [CLS] token**) | "
+              "the whole `last_hidden_state`, 32x32x1024"))
+def load(name: str, source: WeightsSource, size: int | None = None, bits: int | None = None) -> SiglipEncoder:
+    """CheXagent's SigLIP vision encoder from its folder."""
+    return SiglipEncoder.load(name, source, size=size or 512, bits=bits or 8)

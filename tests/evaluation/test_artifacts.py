@@ -8,11 +8,12 @@ import pytest
 import zarr
 from sklearn.metrics import average_precision_score, mean_absolute_error, r2_score, roc_auc_score
 
-from evaluation.artifacts import (METRICS_DIR, EvalConfig, evaluate, list_evaluations, read_evaluation,
+from evaluation.artifacts import (EvalConfig, evaluate, list_evaluations, read_evaluation,
                                   select_runs)
 from featurestore.errors import RadstoreError
 from featurestore.store import Store
-from heads.runs import RUNS_DIR, read_predictions, read_run
+from featurestore.layout import METRICS_DIR, RUNS_DIR
+from featurestore.layout.records import read_predictions, read_run
 
 
 def test_every_metric_equals_its_oracle(evaluated_store):

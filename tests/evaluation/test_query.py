@@ -10,7 +10,7 @@ from evaluation.artifacts import EvalConfig, evaluate, list_evaluations
 from evaluation.query import EXAMPLES, VIEWS, connect, query, write_result
 from featurestore.errors import RadstoreError
 from featurestore.store import Store
-from heads.runs import list_runs, read_predictions
+from featurestore.layout.records import list_runs, read_predictions
 
 
 def test_views_equal_independent_reads(evaluated_store):

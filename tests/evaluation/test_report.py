@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from evaluation.report import _results_table, fmt, fmt_ci, forest_figure, write_report
+from evaluation.report import fmt, fmt_ci, forest_figure, results_table_html, write_report
 from featurestore.errors import RadstoreError
 from featurestore.store import Store
 
@@ -146,7 +146,7 @@ def test_undefined_numbers_show_na_and_text_is_escaped():
             "primary": True, "confidence": 0.95}
     rows = [{**base, "encoder": "<b>evil</b>", "value": nan, "ci_low": nan, "ci_high": nan},
             {**base, "encoder": "ok & fine", "value": 0.7, "ci_low": 0.6, "ci_high": 0.8}]
-    out = _results_table(rows)
+    out = results_table_html(rows)
     assert "<b>evil</b>" not in out and "&lt;b&gt;evil&lt;/b&gt;" in out and "ok &amp; fine" in out and "t&lt;x&gt;" in out
     assert "<b>0.700 [0.600, 0.800]</b>" in out and ">n/a<" in out
     # A panel where every value is undefined still renders (with a note), rather than crashing.

@@ -108,10 +108,10 @@ def test_killed_extraction_completes_on_rerun_exactly_once(cohort, tmp_path):
         "from featurestore.extract import ExtractConfig, extract\n"
         "from featurestore.store import Store\n"
         "import featurestore.featureset as F\n"
-        "orig = F.FeatureSet._commit_cls_part\n"
+        "orig = F.FeatureSet.commit_cls_part\n"
         "def slow(self, shard, table):\n"
         "    orig(self, shard, table); print('committed', shard, flush=True); time.sleep(30)\n"
-        "F.FeatureSet._commit_cls_part = slow\n"
+        "F.FeatureSet.commit_cls_part = slow\n"
         f"extract({str(cohort)!r}, Store.open({str(store_dir)!r}, create=True), "
         "ExtractConfig('pixels', progress=False, num_workers=0, shard_images=16))\n"
     )

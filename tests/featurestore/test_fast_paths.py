@@ -1,4 +1,4 @@
-"""radstore's direct shard I/O and the committed index (featurestore/layout.py) against zarr."""
+"""radstore's direct shard I/O and the committed index (featurestore.layout) against zarr."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from featurestore import layout
-from featurestore.errors import StoreCorruptionError
+from featurestore.errors import FeatureSetError, StoreCorruptionError
 from featurestore.featureset import FeatureSet, FeatureSetSpec
 from featurestore.store import Store
 from tests.conftest import TINY_DIM, TINY_GRID, batch_for
@@ -20,8 +20,8 @@ def _open(backend) -> Store:
     return Store.open(url, create=True, storage_options=opts)
 
 
-def _write(fs, ids, batch=8):
-    with fs.writer() as w:
+def _write(fs, ids, batch=8, **kw):
+    with fs.writer(**kw) as w:
         for k in range(0, len(ids), batch):
             c, p = batch_for(ids[k : k + batch])
             w.write(ids[k : k + batch], c, p)
@@ -35,7 +35,7 @@ def _zarr_array(fs):
 def test_directly_written_shards_are_what_zarr_reads(backend, tiny_spec):
     """Plain shards (full and partial) read back identically through plain zarr-python."""
     fs = _open(backend).create_feature_set(tiny_spec)
-    assert fs._plain_shards()
+    assert fs.plain_layout
     _write(fs, IDS)  # shards of 16: 16 + 16 + 8 (a partial shard)
     _, want = batch_for(IDS)
     arr = _zarr_array(fs)
@@ -49,10 +49,9 @@ def test_zarr_written_shards_read_directly(backend):
     """Shards written by zarr (compressed layouts excepted) are read by the direct path too."""
     spec = FeatureSetSpec("tiny", "z", TINY_GRID, TINY_DIM, shard_images=16)
     fs = _open(backend).create_feature_set(spec)
-    fs._plain = False  # write through zarr
-    _write(fs, IDS[:20], batch=5)
+    _write(fs, IDS[:20], batch=5, direct=False)  # through zarr's sharding codec
     fresh = FeatureSet.open(fs.loc)
-    assert fresh._plain_shards()
+    assert fresh.plain_layout
     order = list(np.random.default_rng(1).permutation(IDS[:20]))
     _, want = batch_for(order)
     np.testing.assert_array_equal(fresh.patches(order), want.astype(np.float16))
@@ -61,7 +60,9 @@ def test_zarr_written_shards_read_directly(backend):
 
 def test_compressed_layout_is_not_plain(backend):
     fs = _open(backend).create_feature_set(FeatureSetSpec("tiny", "c", TINY_GRID, TINY_DIM, shard_images=16, codec="zstd"))
-    assert not fs._plain_shards()
+    assert not fs.plain_layout
+    with pytest.raises(FeatureSetError, match="plain shard layout"):
+        fs.writer(direct=True)
     _write(fs, IDS[:20])
     np.testing.assert_array_equal(fs.patches(IDS[:20]), batch_for(IDS[:20])[1].astype(np.float16))
 
@@ -69,7 +70,7 @@ def test_compressed_layout_is_not_plain(backend):
 def test_direct_read_of_a_missing_shard_raises(backend, tiny_spec):
     fs = _open(backend).create_feature_set(tiny_spec)
     _write(fs, IDS[:32])
-    fs.loc.fs.rm(fs.loc.path(fs._shard_key(1)))
+    fs.loc.fs.rm(fs.loc.path(fs.shard_key(1)))
     fresh = FeatureSet.open(fs.loc)
     with pytest.raises(StoreCorruptionError, match="img016"):
         fresh.patches(["img001", "img016"])

@@ -35,7 +35,7 @@ def main() -> None:
     store = Store.open(a.store, create=True, storage_options=json.loads(a.options))
     fs = store.create_feature_set(FeatureSetSpec.from_json(json.loads(a.spec)))
     if a.kill_at_commit:
-        original = FeatureSet._commit_cls_part
+        original = FeatureSet.commit_cls_part
         count = {"n": 0}
 
         def dying_commit(self, shard, table):
@@ -44,7 +44,7 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(self, shard, table)
 
-        FeatureSet._commit_cls_part = dying_commit
+        FeatureSet.commit_cls_part = dying_commit
     ids = [f"{a.prefix}{i:04d}" for i in range(a.start, a.stop)]
     with fs.writer() as w:
         for k in range(0, len(ids), a.batch):

@@ -16,13 +16,33 @@ def test_help_lists_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True).stdout
     sub = [a for a in build_parser()._subparsers._group_actions][0]
     assert set(sub.choices) == {"synth", "preview", "ingest", "extract", "train", "runs", "evaluate", "query", "report", "study",
-                                "serve", "bench", "store"}
+                                "serve", "bench", "store", "encoders", "tasks"}
     for cmd in sub.choices:
         assert f"    {cmd} " in out  # listed, with its help line
-    from featurestore.encoders import ENCODERS
-    from flows.cli import ENCODER_CHOICES
+    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, flows.cli as c; c.build_parser(); print(*sys.modules)"],
+                                         capture_output=True, text=True, check=True).stdout.split()  # --help stays fast
 
-    assert ENCODER_CHOICES == ENCODERS  # kept apart only so `--help` need not import torch
+
+def test_choices_and_defaults_come_from_the_configs_and_registries():
+    import dataclasses
+
+    from evaluation.config import EvalConfig
+    from featurestore.config import ExtractConfig
+    from featurestore.encoders import ENCODERS
+    from featurestore.tasks import TASKS, all_heads
+    from heads.config import TrainConfig
+
+    sub = [a for a in build_parser()._subparsers._group_actions][0].choices
+    for cmd, cls in (("extract", ExtractConfig), ("train", TrainConfig), ("evaluate", EvalConfig)):
+        for action in sub[cmd]._actions:
+            field = {f.name: f for f in dataclasses.fields(cls)}.get(action.dest)
+            if field is not None and field.default is not dataclasses.MISSING and action.dest not in ("task", "head"):
+                assert action.default == field.default, (cmd, action.dest)
+    act = {a.dest: a for a in sub["extract"]._actions}
+    assert list(act["encoder"].choices) == list(ENCODERS)
+    act = {a.dest: a for a in sub["train"]._actions}
+    assert list(act["task"].choices) == [*TASKS, "all"] and list(act["head"].choices) == [*all_heads(), "all"]
+    assert act["head"].default == TrainConfig.__dataclass_fields__["head"].default
 
 
 def test_synth_ingest_info_end_to_end(tmp_path, capsys):

@@ -16,7 +16,7 @@ from evaluation.artifacts import list_evaluations, read_evaluation
 from featurestore.errors import RadstoreError
 from featurestore.store import Store
 from flows.config import StudyConfig, load_config
-from heads.runs import list_runs
+from featurestore.layout.records import list_runs
 from tests.conftest import COHORT
 from tests.flows.test_extract_flow import _artifacts
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from featurestore.store import Store
 from flows.cli import EXIT_OK, main
-from heads.runs import list_runs
+from featurestore.layout.records import list_runs
 
 SMALL = {"lr": 1e-3, "max_epochs": 3, "progress": False, "target_size": 32, "attn_size": 16, "refiner_channels": (16, 8)}
 

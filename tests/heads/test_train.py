@@ -11,8 +11,9 @@ from featurestore.extract import ExtractConfig, extract
 from featurestore.ingest import ingest
 from featurestore.store import Store
 from featurestore.synth.cohort import SynthConfig, synthesize
-from heads.runs import RUNS_DIR, list_runs, read_predictions, read_run
-from heads.tasks import TASKS
+from featurestore.layout import RUNS_DIR
+from featurestore.layout.records import list_runs, read_predictions, read_run
+from featurestore.tasks import TASKS
 from heads.train import TrainConfig, train
 
 FAST = dict(lr=1e-3, max_epochs=4, progress=False, target_size=32, attn_size=16, refiner_channels=(16, 8))
@@ -67,7 +68,7 @@ def test_clear_errors(pixels_store, tmp_path):
     store = Store.open(url)
     with pytest.raises(RadstoreError, match="unknown task 'lung-cls'"):
         TrainConfig(task="lung-cls")
-    with pytest.raises(RadstoreError, match="cross-attention head segments"):
+    with pytest.raises(RadstoreError, match="head .cross-attention. does not apply to task ctr-reg"):
         train(store, fsid, TrainConfig(task="ctr-reg", head="cross-attention", **FAST))
     with pytest.raises(RadstoreError, match="no run 'nope'"):
         read_run(store, "nope")

@@ -1,0 +1,77 @@
+"""The encoders radstore can extract with, by name: ``@register("rad-dino", ...)`` on a loader.
+
+Each adapter module of this package registers its encoders when the package is imported
+(every module here is imported; third-party packages can add encoders through the
+``radstore.encoders`` entry-point group). CLI choices, study-config validation, the study's
+default grid and the README's table all read :data:`ENCODERS`, so adding an encoder is one
+new module plus its tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from featurestore.errors import RadstoreError
+
+if TYPE_CHECKING:
+    from featurestore.encoders.base import Encoder
+    from featurestore.encoders.weights import WeightsSource
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What the pipeline needs to know about an encoder before loading it."""
+
+    name: str
+    load: Callable[..., Encoder]  # (name, WeightsSource | None, size | None, bits | None) -> Encoder
+    hub_repo: str | None = None  # the published checkpoint (looked up in the HF cache, offline)
+    needs_weights: bool = True  # False for weight-free controls (pixels)
+    default_weights: str | None = None  # used when none are given (random-vit: "random")
+    order: int = 100  # position in the study's default grid and in listings
+    summary: str = ""  # "model | input | global embedding | patch grid", for the README table
+
+    def describe(self) -> dict[str, Any]:
+        model, size, glob, patches = (self.summary.split("|") + [""] * 4)[:4]
+        return {"name": self.name, "model": model.strip(), "input": size.strip(), "global": glob.strip(),
+                "patches": patches.strip()}  # fmt: skip
+
+
+ENCODERS: dict[str, EncoderInfo] = {}
+
+
+def register(name: str, *, hub_repo: str | None = None, needs_weights: bool = True, default_weights: str | None = None,
+             order: int = 100, summary: str = ""):  # fmt: skip
+    """Decorator registering ``load(name, source, size, bits) -> Encoder`` as encoder ``name``."""
+
+    def deco(load: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        ENCODERS[name] = EncoderInfo(name, load, hub_repo, needs_weights, default_weights, order, summary)
+        _sort()
+        return load
+
+    return deco
+
+
+def _sort() -> None:
+    items = sorted(ENCODERS.items(), key=lambda kv: (kv[1].order, kv[0]))
+    ENCODERS.clear()
+    ENCODERS.update(items)
+
+
+def get_encoder(name: str) -> EncoderInfo:
+    if name not in ENCODERS:
+        raise RadstoreError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    return ENCODERS[name]
+
+
+def encoder_names() -> tuple[str, ...]:
+    """Every registered encoder, in the study's order."""
+    return tuple(ENCODERS)
+
+
+def readme_table() -> str:
+    """The README's encoder table (a test checks the README holds it)."""
+    rows = [ENCODERS[n].describe() for n in ENCODERS]
+    head = "| `--encoder` | model (library class) | input | global embedding | patch grid |\n|---|---|---|---|---|\n"
+    return head + "".join(f"| `{r['name']}` | {r['model']} | {r['input']} | {r['global']} | {r['patches']} |\n" for r in rows)

@@ -1,0 +1,56 @@
+"""The zarr array of patch grids: how it is created, opened and configured.
+
+One place for the array's creation arguments, because they *are* the on-disk format: a change
+here changes every feature set written afterwards (tests/featurestore/test_format_compat.py
+holds them to the committed fixture).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+
+from featurestore import layout
+from featurestore.featureset.spec import FeatureSetSpec
+from featurestore.storage import Location
+
+#: zarr-python with the zarrs (Rust) codec pipeline: the same on-disk format, faster codecs
+#: (benchmarks/README.md). Applied only inside radstore's own array operations, so a caller's
+#: zarr configuration is left alone.
+ZARR_CONFIG = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline", "async.concurrency": 16}
+
+
+def create_array(loc: Location, spec: FeatureSetSpec) -> None:
+    """Create the empty ``patches`` array of a new feature set (no rows: shards are allocated).
+
+    NaN fill value: a read of a chunk that was never written is recognisable (layout, commit
+    protocol step 4).
+    """
+    with zarr.config.set(ZARR_CONFIG):
+        group = zarr.open_group(loc.zarr_store(layout.PATCHES_GROUP), mode="w", zarr_format=3)
+        c, h, w = spec.grid
+        s = spec.shard_images
+        group.create_array(
+            layout.PATCHES_ARRAY,
+            shape=(0, c, h, w),
+            chunks=(1, c, h, w),
+            shards=(s, c, h, w) if spec.sharded and s > 1 else None,
+            dtype=spec.dtype,
+            fill_value=np.nan,
+            compressors=None if spec.codec == "none" else zarr.codecs.ZstdCodec(level=1),
+            dimension_names=layout.DIMENSION_NAMES,
+            attributes={"feature_set_id": spec.feature_set_id, "note": "rows are valid only where cls/ has them"},
+        )
+
+
+def open_array(loc: Location) -> zarr.Array:
+    """The ``patches`` array as it is on storage now (its shape grows as shards are allocated)."""
+    with zarr.config.set(ZARR_CONFIG):
+        group = zarr.open_group(loc.zarr_store(layout.PATCHES_GROUP), mode="r+")
+        return group[layout.PATCHES_ARRAY]
+
+
+def shard_object_key(arr: zarr.Array, shard: int) -> str:
+    """Store-relative key of shard ``shard``'s object (of its one chunk when unsharded)."""
+    key = arr.metadata.encode_chunk_key((shard, 0, 0, 0))
+    return f"{layout.PATCHES_GROUP}/{layout.PATCHES_ARRAY}/{key}"

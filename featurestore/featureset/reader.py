@@ -1,0 +1,273 @@
+"""A feature set: the patch grids (Zarr) and global embeddings (Parquet) of one encoder setup.
+
+:class:`FeatureSet` is what the rest of radstore holds: it opens or creates the set, serves the
+committed rows (readers only ever see rows whose cls part exists) and hands out writers. The
+work is done by the sibling modules: :mod:`.committed` (which rows exist), :mod:`.grids` and
+:mod:`.direct` (reading grids), :mod:`.array` (the zarr array) and :mod:`.writer` (commits).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import zarr
+
+from featurestore import layout
+from featurestore.errors import FeatureSetError
+from featurestore.featureset import committed
+from featurestore.featureset import writer as writing
+from featurestore.featureset.array import ZARR_CONFIG, create_array, open_array, shard_object_key
+from featurestore.featureset.grids import GridReader
+from featurestore.featureset.spec import FeatureSetSpec
+from featurestore.layout import ShardIndex
+from featurestore.storage import Location
+
+
+class FeatureSet:
+    """Read and write one feature set. Obtain it from :class:`featurestore.store.Store`."""
+
+    #: ``committed_rows(update_index=True)`` writes a new committed index once the newest one
+    #: misses at least this many cls parts (layout docstring, "The committed index").
+    COMMITTED_INDEX_MIN_NEW_PARTS = 256
+
+    def __init__(self, loc: Location, spec: FeatureSetSpec, meta: dict[str, Any]):
+        self.loc = loc
+        self.spec = spec
+        self.meta = meta
+        self.id = spec.feature_set_id
+        self._index: dict[str, int] | None = None
+        self._array: zarr.Array | None = None
+        self._array_rows = -1
+        self._plain: bool | None = None
+        self._grids = GridReader(self)
+
+    def __repr__(self) -> str:
+        return f"FeatureSet({self.id!r}, grid={self.spec.grid}, dim={self.spec.global_dim})"
+
+    # -- creation ---------------------------------------------------------------------------
+    @classmethod
+    def create_or_open(cls, loc: Location, spec: FeatureSetSpec) -> FeatureSet:
+        """The feature set at ``loc``, created with ``spec`` unless it exists (under the lock,
+        so two creators agree on one set)."""
+        with loc.lock(layout.LOCK_FILE):
+            if loc.exists(layout.FEATURE_SET_JSON):
+                return cls.open(loc)
+            create_array(loc, spec)
+            meta = {
+                "feature_set_id": spec.feature_set_id,
+                "format_version": layout.FORMAT_VERSION,
+                "created_at": datetime.now(UTC).isoformat(),
+                "spec": spec.to_json(),
+            }
+            loc.write_json(meta, layout.FEATURE_SET_JSON)  # written last: marks the set as complete
+            return cls(loc, spec, meta)
+
+    @classmethod
+    def open(cls, loc: Location) -> FeatureSet:
+        """An existing feature set; refuses a format version this code does not know."""
+        meta = loc.read_json(layout.FEATURE_SET_JSON)
+        layout.check_format_version(meta.get("format_version"), f"feature set {loc.url}")
+        return cls(loc, FeatureSetSpec.from_json(meta["spec"]), meta)
+
+    # -- the array and its shards -----------------------------------------------------------
+    def _open_array(self, fresh: bool = False) -> zarr.Array:
+        if self._array is None or fresh:
+            self._array = open_array(self.loc)
+            self._array_rows = self._array.shape[0]
+        return self._array
+
+    def array_for_rows(self, rows: int) -> zarr.Array:
+        """The zarr array, reopened if the cached one has fewer than ``rows`` rows; raises
+        FeatureSetError when those rows were never allocated (a writer must allocate first)."""
+        arr = self._open_array()
+        if self._array_rows < rows:
+            arr = self._open_array(fresh=True)
+            if self._array_rows < rows:
+                raise FeatureSetError(
+                    f"shard rows up to {rows} were never allocated in {self.id} (array has {self._array_rows}); "
+                    "call allocate_shards() first"
+                )
+        return arr
+
+    def allocate_shards(self, n: int = 1) -> list[int]:
+        """Reserve ``n`` fresh shard indices for this writer alone (grows the array once)."""
+        with self.loc.lock(layout.LOCK_FILE):
+            arr = self._open_array(fresh=True)
+            s = self.spec.shard_images
+            first = -(-arr.shape[0] // s)
+            with zarr.config.set(ZARR_CONFIG):
+                arr.resize(((first + n) * s, *self.spec.grid))
+            self._array = None  # reopen read-only-fresh on next use
+            return list(range(first, first + n))
+
+    @property
+    def plain_layout(self) -> bool:
+        """Whether the array has the plain shard layout, which radstore reads and writes directly
+        (:meth:`ShardIndex.is_plain_layout`); otherwise every grid goes through zarr."""
+        if self._plain is None:
+            self._plain = ShardIndex.is_plain_layout(self._open_array().metadata, self.spec)
+        return self._plain
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of one stored grid (the unit of the plain layout's offsets)."""
+        return self.spec.image_bytes
+
+    def shard_key(self, shard: int) -> str:
+        """Store-relative key of a shard's object: where a direct write puts its bytes."""
+        return shard_object_key(self._open_array(), shard)
+
+    # -- writing ----------------------------------------------------------------------------
+    def writer(
+        self, *, skip_committed: bool = True, background: bool = True, shards: Sequence[int] = (), direct: bool | None = None
+    ) -> writing.FeatureSetWriter:
+        """A writer; ``shards`` are indices a coordinator allocated for it (used first, once each).
+
+        ``direct``: None writes plain-layout shards directly and others through zarr; False
+        always goes through zarr; True requires the plain layout (FeatureSetError otherwise).
+        """
+        return writing.FeatureSetWriter(self, skip_committed=skip_committed, background=background, shards=shards, direct=direct)
+
+    #: Commit one whole, allocated shard: :func:`.writer.write_shard` with this set as ``fs``.
+    write_shard = writing.write_shard
+
+    def commit_cls_part(self, shard: int, table: pa.Table) -> None:
+        """Write a shard's cls part: the commit point, after which its rows exist.
+
+        A method of its own so fault-injection tests can stop a writer exactly here.
+        """
+        self.loc.write_parquet(table, layout.CLS_DIR, layout.cls_part_name(shard, uuid.uuid4().hex[:12]), dictionary_columns=["image_id"])
+        self._index = None
+
+    def record_rejects(self, image_ids: Sequence[str], reasons: Sequence[str]) -> None:
+        """Remember images an extraction could not embed, with the reason."""
+        if not image_ids:
+            return
+        now = layout.now_ms()
+        table = pa.table(
+            {"image_id": list(image_ids), "reason": list(reasons), "time": [now] * len(image_ids)},
+            schema=layout.REJECTS_SCHEMA,
+        )
+        self.loc.write_parquet(table, layout.REJECTS_DIR, f"part-{uuid.uuid4().hex}.parquet")
+
+    # -- committed rows ---------------------------------------------------------------------
+    @property
+    def cls_schema(self) -> pa.Schema:
+        """Schema of this set's cls parts (its global dims and extra globals)."""
+        return layout.cls_schema(self.spec.global_dim, self.spec.extra_globals)
+
+    def cls_parts(self) -> list[str]:
+        """Paths of the committed cls parts, one per committed shard."""
+        return committed.cls_parts(self.loc)
+
+    def cls(self, columns: list[str] | None = None) -> pa.Table:
+        """Committed rows (one per image_id, first commit wins), ordered by row."""
+        want = None if columns is None else list(dict.fromkeys(["image_id", "row", *columns]))
+        if want is not None and set(want) <= set(layout.COMMITTED_SCHEMA.names):
+            table = self.committed_rows().select(want)  # the committed index serves these
+        else:
+            table = self.loc.read_parquet(self.cls_parts(), columns=want, schema=self.cls_schema)
+        # Sorted by row, i.e. by shard: the first occurrence of an id is its first commit.
+        table = layout.keep_first(table.sort_by([("row", "ascending")]))
+        if columns is not None:
+            table = table.select(columns)
+        return table
+
+    def committed_ids(self) -> set[str]:
+        """Every image_id with a committed row (what a resumed writer skips)."""
+        return set(self.committed_rows().column("image_id").to_pylist())
+
+    def committed_rows(self, *, update_index: bool = False) -> pa.Table:
+        """(image_id, row, shard) of every row of every cls part, in no particular order and
+        with repeats (``cls()`` keeps the first). ``update_index`` (the extraction planner)
+        writes a new committed index when at least COMMITTED_INDEX_MIN_NEW_PARTS parts had to
+        be read one by one."""
+        return committed.committed_rows(
+            self.loc, self.cls_schema, update_index=update_index, min_new_parts=self.COMMITTED_INDEX_MIN_NEW_PARTS
+        )
+
+    def index(self, refresh: bool = False) -> dict[str, int]:
+        """image_id -> row of every committed image."""
+        if self._index is None or refresh:
+            t = self.cls(columns=["image_id", "row"])
+            self._index = dict(zip(t.column("image_id").to_pylist(), t.column("row").to_pylist()))
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self.index(refresh=True))
+
+    def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``image_ids`` in order; FeatureSetError naming those never committed."""
+        idx = self.index()
+        missing = [i for i in image_ids if i not in idx]
+        if missing:
+            idx = self.index(refresh=True)
+            missing = [i for i in image_ids if i not in idx]
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise FeatureSetError(
+                f"{len(missing)} image_id(s) have no committed row in feature set {self.id}: "
+                f"{', '.join(map(str, missing[:5]))}{more}. Extract them first (radstore extract)."
+            )
+        return np.fromiter((idx[i] for i in image_ids), dtype=np.int64, count=len(image_ids))
+
+    # -- grids ------------------------------------------------------------------------------
+    def patches(self, image_ids: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+        """Patch grids ``[N, C, H, W]`` of committed images, in the order asked."""
+        rows = self.rows_for(list(image_ids))
+        return self.read_rows(rows, out=out, image_ids=image_ids)
+
+    def read_rows(self, rows: np.ndarray, out: np.ndarray | None = None, image_ids: Sequence[str] | None = None) -> np.ndarray:
+        """Grids of ``rows`` in any order (``out``: ``[len(rows), C, H, W]`` of the store dtype)."""
+        return self._grids.read_rows(rows, out=out, image_ids=image_ids)
+
+    def read_span(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Grids of ``rows`` that lie close together (one shard): one read, then a take.
+
+        ``out`` (C-contiguous, ``[len(rows), C, H, W]`` of the store dtype) is filled and
+        returned when given.
+        """
+        return self._grids.read_span(rows, out=out)
+
+    def map_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Grids of ``rows`` (all in one shard) without reading them: ``(mapped, at)`` where
+        ``mapped[at[i]]`` is row ``rows[i]``'s grid, ``mapped`` a memory map of the shard
+        object (copy-on-write, never written). Nothing is copied until the caller indexes it.
+
+        Local stores in the plain shard layout, with the shard's images stored in order from
+        its start (as radstore writes them); None otherwise (then use :meth:`read_span`).
+        Missing grids raise StoreCorruptionError as in the read paths.
+        """
+        return self._grids.map_rows(rows)
+
+    def to_xarray(self):
+        """Lazy ``xarray.Dataset``: ``patches`` (dask, one chunk per shard) and ``cls``, committed rows only."""
+        return self._grids.to_xarray()
+
+    def verify(self) -> list[str]:
+        """image_ids whose committed row has no grid on storage (should always be empty)."""
+        return self._grids.verify()
+
+    # -- summaries --------------------------------------------------------------------------
+    def rejects(self) -> pa.Table:
+        """Images extractions could not embed, with the reason (every attempt, newest not first)."""
+        return self.loc.read_parquet(self.loc.list(layout.REJECTS_DIR, suffix=".parquet"), schema=layout.REJECTS_SCHEMA)
+
+    def info(self) -> dict[str, Any]:
+        """A one-line-per-field summary for ``radstore store info``."""
+        return {
+            "feature_set_id": self.id,
+            "encoder": self.spec.encoder,
+            "grid": "x".join(map(str, self.spec.grid)),
+            "global_dim": self.spec.global_dim,
+            "dtype": self.spec.dtype,
+            "shard_images": self.spec.shard_images,
+            "images": len(self),
+            "bytes": self.loc.du(),
+            "labels": self.spec.labels,
+        }

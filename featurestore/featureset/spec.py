@@ -1,0 +1,99 @@
+"""What a feature set holds (:class:`FeatureSetSpec`) and what a write reports (:class:`WriteResult`).
+
+Kept apart from the reader and the writer because encoders, the store and the tests build
+specs without touching any data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from featurestore import layout
+from featurestore.errors import FeatureSetError
+
+SUPPORTED_DTYPES = ("float16", "float32")
+CODECS = ("none", "zstd")
+
+
+@dataclass(frozen=True)
+class FeatureSetSpec:
+    """What a feature set holds. Identity fields decide its id; storage fields only its layout,
+    so the same embeddings stored differently are still the same feature set."""
+
+    encoder: str
+    weights_fingerprint: str
+    grid: tuple[int, int, int]  # (channels, height, width) of the patch grid
+    global_dim: int
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float16"
+    extra_globals: dict[str, int] = field(default_factory=dict)  # more global vectors: name -> dim
+    # storage only (not part of the id):
+    shard_images: int = 0  # rows per shard = per commit; 0: choose by size (layout.choose_shard_images)
+    sharded: bool = True  # False: one chunk object per image, committed in groups of shard_images
+    codec: str = "none"
+    labels: dict[str, Any] = field(default_factory=dict)  # e.g. {"weights": "random:tiny"}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        if len(self.grid) != 3 or min(self.grid) <= 0:
+            raise FeatureSetError(f"grid must be (channels, height, width) > 0, got {self.grid}")
+        for name in self.extra_globals:
+            if name in layout.CLS_RESERVED or not name.isidentifier():
+                raise FeatureSetError(f"extra global name {name!r} is reserved or not an identifier")
+        if self.global_dim <= 0:
+            raise FeatureSetError(f"global_dim must be > 0, got {self.global_dim}")
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise FeatureSetError(f"dtype {self.dtype!r} not supported; use one of {SUPPORTED_DTYPES}")
+        if self.codec not in CODECS:
+            raise FeatureSetError(f"codec {self.codec!r} not supported; use one of {CODECS}")
+        if self.shard_images < 0:
+            raise FeatureSetError("shard_images must be >= 0 (0 = automatic)")
+        if self.shard_images == 0:
+            itemsize = np.dtype(self.dtype).itemsize
+            object.__setattr__(self, "shard_images", layout.choose_shard_images(self.grid, itemsize))
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the feature set id: what the embeddings are, not how they are stored."""
+        return {
+            "encoder": self.encoder,
+            "weights_fingerprint": self.weights_fingerprint,
+            "preprocessing": self.preprocessing,
+            "grid": list(self.grid),
+            "global_dim": self.global_dim,
+            "dtype": self.dtype,
+            **({"extra_globals": dict(sorted(self.extra_globals.items()))} if self.extra_globals else {}),
+        }
+
+    @property
+    def feature_set_id(self) -> str:
+        """The id under which the store keeps these embeddings (derived from :meth:`identity`)."""
+        return layout.feature_set_id(self.encoder, self.identity())
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of one stored patch grid: the unit of every direct shard read and write."""
+        return int(np.prod(self.grid)) * np.dtype(self.dtype).itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        """The form stored in feature_set.json."""
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FeatureSetSpec:
+        """Back from feature_set.json; unknown keys are ignored so newer files still open."""
+        keys = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in d.items() if k in keys})
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one ``FeatureSetWriter.write`` call did with a batch, so callers can count progress
+    and resumed (skipped) images separately."""
+
+    accepted: int  # buffered for commit (committed by the time the writer is closed)
+    skipped: int  # already committed earlier: not written again

@@ -1,0 +1,105 @@
+"""The store's on-disk format, in one place: every path, every table's schema, the shard
+byte format and the typed records of runs and evaluations.
+
+Modules: :mod:`.paths` (names), :mod:`.schemas` (tables), :mod:`.shard` (shard objects),
+:mod:`.identity` (ids and versions), :mod:`.records` (run.json, eval.json and their files).
+
+A store is one directory or one object-store prefix::
+
+    STORE/
+      store.json                          {"format": "radstore", "format_version": 1, ...}
+      images/part-<time>-<uuid>.parquet   image index (IMAGES_SCHEMA), append-only parts
+      ingest_errors/part-*.parquet        failures of ingest runs (INGEST_ERRORS_SCHEMA)
+      features/<feature_set_id>/
+        feature_set.json                  FeatureSetSpec + format_version + created_at
+        patches.zarr/                     zarr v3 group; array ``patches`` [image, channel, y, x]
+                                          chunk = 1 image, shard = S images (S = shard_images;
+                                          S = 1 means plain chunks, no sharding codec)
+        cls/shard-<k:08d>-<uuid>.parquet  one file per committed shard (CLS_SCHEMA)
+        committed/upto-<parts:08d>-<uuid>.parquet
+                                          derived, rebuildable: (image_id, row, shard) of every
+                                          row of the cls parts it names (COMMITTED_SCHEMA)
+        rejects/part-*.parquet            images an extraction could not embed (REJECTS_SCHEMA)
+        .lock                             local stores only: serialises shard allocation
+      runs/<run_id>/                      one trained head (records.RunRecord), immutable
+        run.json                          the record; written last: the run exists from here on
+        head.pt                           the head's state dict (torch.save)
+        predictions.parquet               test split (predictions_schema(): the kind's column)
+        masks.zarr, targets.zarr          segmentation: predicted probabilities (float16) and
+                                          true masks (uint8), [image, y, x], rows as predictions
+      metrics/<eval_id>/                  one evaluation version (records.EvaluationRecord)
+        metrics.parquet, comparisons.parquet, per_image.parquet, folds.parquet  (EVAL_TABLES)
+        eval.json                         the record; written last: the version exists from here on
+
+Commit protocol (why readers never see torn rows):
+
+1. A writer allocates a fresh shard index ``k`` under the feature set's lock: it grows the
+   array to ``(k + 1) * S`` rows. Rows ``k*S .. k*S+S-1`` now belong to that writer alone.
+2. It writes the shard's patch grids in one call, as one object written atomically (temp
+   file + rename locally, one PUT on object stores): directly for the plain shard layout
+   below, through zarr otherwise (zarr's stores write each object the same way).
+3. It then writes ``cls/shard-<k>-<uuid>.parquet`` atomically. **A row exists when, and only
+   when, its cls part exists.** A crash between 2 and 3 leaves an orphan shard no reader
+   sees; a rerun plans those images again into a new shard.
+4. The array's fill value is NaN, so a read of a chunk that was never written is caught
+   (zarr 3.1 cannot make a missing chunk an error; radstore checks the first value of each
+   image it reads).
+
+If two writers ever commit the same image_id (e.g. two backfills racing), readers keep the
+row from the lowest shard index: the first committed.
+
+Shard objects. With the default codecs (no compressor), a shard is the plain concatenation of
+its images' grids (C-order, little-endian, image ``k*S + i`` at byte ``i * image_bytes``)
+followed by the zarr v3 sharding index: ``S`` pairs of little-endian uint64 (offset, nbytes),
+``2**64-1`` twice for an image never written, then the CRC32C of those ``16*S`` bytes (4 bytes,
+little-endian). That is exactly what zarr's ``sharding_indexed`` codec with ``bytes`` inner
+codecs and ``[bytes, crc32c]`` index codecs at ``index_location: end`` writes and reads, so
+radstore writes such a shard with one buffered write of the grids it already holds (no
+per-chunk encoding; ``ShardIndex.dense(...).to_bytes()``) and reads a run of images with one
+ranged read (``ShardIndex.parse``); zarr, zarrs, tensorstore and xarray read the same bytes. Any
+other codec configuration (``codec="zstd"``, ``sharded=False``) goes through zarr itself.
+
+The committed index. Listing the committed ids means reading every cls part, which grows with
+the number of parts (a million images are ~15k parts). The extraction planner therefore writes
+``committed/upto-<n>-<uuid>.parquet``, the (image_id, row, shard) rows of the ``n`` parts it
+read (their file names in the schema metadata, ``radstore.parts``), and later readers take the
+newest such file plus the parts it does not name (benchmarks/README.md has the figures). It is
+a cache, never the truth: a row still exists when, and only when, its cls part exists; an
+index naming a part that is no longer listed is ignored, and deleting ``committed/`` only
+makes the next listing slower. Older index files are removed once a newer one is written.
+"""
+
+from __future__ import annotations
+
+from featurestore.layout.identity import (
+    MAX_SHARD_IMAGES,
+    SHARD_MULTIPLE,
+    TARGET_SHARD_BYTES,
+    check_format_version,
+    choose_shard_images,
+    feature_set_id,
+)
+from featurestore.layout.paths import *  # noqa: F403 - the names are the package's API
+from featurestore.layout.schemas import (
+    CLS_RESERVED,
+    COMMITTED_PARTS_KEY,
+    COMMITTED_SCHEMA,
+    COMPARISONS_SCHEMA,
+    EVAL_TABLES,
+    EVALUATIONS_VIEW_SCHEMA,
+    FEATURES_VIEW_SCHEMA,
+    FOLDS_SCHEMA,
+    IMAGES_DICTIONARY_COLUMNS,
+    IMAGES_SCHEMA,
+    INGEST_ERRORS_SCHEMA,
+    MASK_PREDICTION_COLUMNS,
+    METRICS_SCHEMA,
+    PER_IMAGE_SCHEMA,
+    REJECTS_SCHEMA,
+    RUNS_VIEW_SCHEMA,
+    cls_schema,
+    keep_first,
+    now_ms,
+    predictions_schema,
+)
+from featurestore.layout.shard import ShardIndex

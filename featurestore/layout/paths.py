@@ -1,0 +1,81 @@
+"""Every directory and file name of a store, and the functions that build or parse them.
+
+Nothing outside :mod:`featurestore.layout` types a store path: runs, evaluations and feature
+sets all find their files through these names.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+FORMAT_NAME = "radstore"
+FORMAT_VERSION = 1
+
+STORE_JSON = "store.json"
+IMAGES_DIR = "images"
+INGEST_ERRORS_DIR = "ingest_errors"
+
+# features/<feature_set_id>/
+FEATURES_DIR = "features"
+FEATURE_SET_JSON = "feature_set.json"
+PATCHES_GROUP = "patches.zarr"
+PATCHES_ARRAY = "patches"
+CLS_DIR = "cls"
+REJECTS_DIR = "rejects"
+COMMITTED_DIR = "committed"
+LOCK_FILE = ".lock"
+DIMENSION_NAMES = ("image", "channel", "y", "x")
+
+# runs/<run_id>/
+RUNS_DIR = "runs"
+RUN_JSON = "run.json"
+HEAD_WEIGHTS = "head.pt"
+PREDICTIONS = "predictions.parquet"
+PREDICTED_MASKS = "masks.zarr"  # segmentation: predicted probabilities [image, y, x], float16
+TARGET_MASKS = "targets.zarr"  # segmentation: the true masks at the target resolution, uint8
+MASK_DIMENSIONS = ("image", "y", "x")
+
+# metrics/<eval_id>/
+METRICS_DIR = "metrics"
+EVAL_JSON = "eval.json"
+
+
+def table_file(name: str) -> str:
+    """File name of one of an evaluation's tables (``metrics`` -> ``metrics.parquet``)."""
+    return f"{name}.parquet"
+
+
+def part_name() -> str:
+    """A new append-only part of the images or ingest-errors table: time-ordered, unique."""
+    return f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def rejects_part_name() -> str:
+    return f"part-{uuid.uuid4().hex}.parquet"
+
+
+def cls_part_name(shard: int, token: str) -> str:
+    """The cls part that commits ``shard`` (``token`` keeps two writers' parts apart)."""
+    return f"shard-{shard:08d}-{token}.parquet"
+
+
+def shard_of_part(name: str) -> int:
+    """Shard index from a cls part's file name (``shard-00000012-ab12.parquet`` -> 12)."""
+    return int(name.rsplit("/", 1)[-1].split("-")[1])
+
+
+def committed_index_name(parts: int, token: str) -> str:
+    """A committed index naming ``parts`` cls parts (the count sorts the newest first)."""
+    return f"upto-{parts:08d}-{token}.parquet"
+
+
+def committed_index_parts(name: str) -> int:
+    """How many cls parts a committed index names (``upto-00015625-ab12.parquet`` -> 15625)."""
+    return int(name.rsplit("/", 1)[-1].split("-")[1])
+
+
+def new_run_id(task: str, head: str, feature_set_id: str) -> str:
+    """A run id that sorts by feature set, task, head and time, and never repeats."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{feature_set_id}-{task}-{head}-{stamp}-{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,252 @@
+"""Typed records of a run (``runs/<id>/run.json``) and an evaluation (``metrics/<id>/eval.json``),
+and the only code that reads or writes their directories.
+
+A record is written last, atomically: a run or evaluation exists once its json exists, and a
+crash before that leaves a directory no listing returns. Records read as mappings too
+(``rec["task"]``), with exactly the keys of their json file, so SQL views, reports and older
+callers see the stored document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from featurestore.errors import RadstoreError
+from featurestore.layout import paths as P
+from featurestore.layout.schemas import EVAL_TABLES
+
+if TYPE_CHECKING:
+    import zarr
+
+    from featurestore.store import Store
+    from featurestore.tasks import TaskKind
+
+
+def code_version() -> str:
+    """radstore's version plus the git commit when running from a checkout: recorded in every
+    run and evaluation, so a changed number can be traced to the code that made it."""
+    from featurestore import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+class _JsonRecord(Mapping):
+    """A frozen record that is also the read-only mapping of its json document."""
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**self.extra, **d}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]):
+        """Build from a json document; keys this version does not know are kept in ``extra``
+        (and written back unchanged), missing optional keys take their defaults."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        missing = [f.name for f in fields(cls) if f.name in cls._REQUIRED and f.name not in d]
+        if missing:
+            raise RadstoreError(f"{cls.__name__}: the stored json lacks {', '.join(missing)}; it was not written by radstore")
+        return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RunRecord(_JsonRecord):
+    """One trained head: what it was trained on and how, and its test-set summary."""
+
+    run_id: str
+    task: str
+    task_kind: str
+    head: str
+    feature_set_id: str
+    encoder: str
+    config: dict[str, Any]
+    created_at: str
+    seed: int | None = None
+    fold: int | None = None
+    code_version: str = ""
+    best_epoch: int = -1
+    epochs: int = 0
+    curve: list[dict] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _REQUIRED: ClassVar[tuple[str, ...]] = ("run_id", "task", "task_kind", "head", "feature_set_id", "encoder", "config", "created_at")
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromisoformat(self.created_at)
+
+
+def predictions_table(kind: TaskKind, ids: list[str], pred: np.ndarray, y: np.ndarray) -> pa.Table:
+    """A run's ``predictions.parquet``: the kind's prediction column and the label for a global
+    kind; for a mask kind the row of each image in the mask arrays and its pixel counts."""
+    cols: dict[str, Any] = {"image_id": ids, "split": ["test"] * len(ids)}
+    if kind.dense:
+        cols["mask_row"] = np.arange(len(ids))
+        cols["positive_pixels"] = (y > 0.5).sum((1, 2)).astype(np.int64)
+        cols["predicted_pixels"] = (pred > 0.5).sum((1, 2)).astype(np.int64)
+    else:
+        cols[kind.prediction] = pred.astype(np.float64)
+        cols["label"] = y.astype(np.float64)
+    return pa.table(cols)
+
+
+def write_run(store: Store, rec: RunRecord, head: bytes, predictions: pa.Table, masks: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+    """Write a run's files, then its run.json (the commit). ``masks``: (predicted probabilities,
+    true masks) [image, y, x] of a mask kind, rows in the order of ``predictions``."""
+    import zarr
+
+    loc = store.loc.child(P.RUNS_DIR, rec.run_id)
+    loc.write_atomic(head, P.HEAD_WEIGHTS)
+    if masks is not None:
+        pred, truth = masks
+        for name, data, dtype, fill in ((P.PREDICTED_MASKS, pred, "float16", np.nan), (P.TARGET_MASKS, truth, "uint8", 0)):
+            arr = zarr.create_array(loc.zarr_store(name), shape=data.shape, chunks=(1, *data.shape[1:]), dtype=dtype,
+                                    compressors=None, dimension_names=P.MASK_DIMENSIONS, fill_value=fill)  # fmt: skip
+            arr[:] = data.astype(dtype)
+    loc.write_parquet(predictions, P.PREDICTIONS)
+    loc.write_json(rec.to_json(), P.RUN_JSON)  # last: the run exists from here on
+    return rec.run_id
+
+
+def _committed(store: Store, directory: str, marker: str) -> list[dict]:
+    """The ``marker`` json of every ``directory/<id>/`` that has one."""
+    out = []
+    for p in store.loc.list(directory):
+        name = p.rstrip("/").rsplit("/", 1)[-1]
+        if store.loc.exists(directory, name, marker):
+            out.append(store.loc.read_json(directory, name, marker))
+    return out
+
+
+def list_runs(store: Store) -> list[RunRecord]:
+    """Every committed run of the store, in no particular order."""
+    return [RunRecord.from_json(d) for d in _committed(store, P.RUNS_DIR, P.RUN_JSON)]
+
+
+def read_run(store: Store, run_id: str) -> RunRecord:
+    if not store.loc.exists(P.RUNS_DIR, run_id, P.RUN_JSON):
+        raise RadstoreError(f"no run {run_id!r} in {store.url} (runs are listed by `radstore runs`)")
+    return RunRecord.from_json(store.loc.read_json(P.RUNS_DIR, run_id, P.RUN_JSON))
+
+
+def predictions_path(store: Store, run_id: str) -> str:
+    return store.loc.path(P.RUNS_DIR, run_id, P.PREDICTIONS)
+
+
+def runs_root(store: Store) -> str:
+    """The directory every run lives under (its name is the ``run_id`` partition)."""
+    return store.loc.path(P.RUNS_DIR)
+
+
+def read_predictions(store: Store, run_id: str) -> pa.Table:
+    return store.loc.read_parquet([predictions_path(store, run_id)])
+
+
+def read_test_predictions(store: Store, run_id: str) -> tuple[pa.Table, str]:
+    """(test-split rows of predictions.parquet, sha256 of the file's bytes), from one read."""
+    raw = store.loc.read_bytes(P.RUNS_DIR, run_id, P.PREDICTIONS)
+    t = pq.read_table(pa.BufferReader(raw))
+    return t.filter(pa.compute.equal(t.column("split"), "test")), hashlib.sha256(raw).hexdigest()
+
+
+def open_masks(store: Store, run_id: str) -> tuple[zarr.Array, zarr.Array]:
+    """(predicted probabilities, true masks) of a mask run, as lazily read zarr arrays."""
+    import zarr
+
+    loc = store.loc.child(P.RUNS_DIR, run_id)
+    return (zarr.open_array(loc.zarr_store(P.PREDICTED_MASKS, read_only=True)),
+            zarr.open_array(loc.zarr_store(P.TARGET_MASKS, read_only=True)))  # fmt: skip
+
+
+# -- evaluations -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationRecord(_JsonRecord):
+    """One evaluation version: every input it read (runs with their predictions' hashes,
+    feature sets, code and store versions) and the configuration it used."""
+
+    eval_id: str
+    created_at: str
+    config: dict[str, Any]
+    runs: list[dict]
+    eval_version: int = 1
+    code_version: str = ""
+    radstore_version: str = ""
+    store_format_version: int | None = None
+    feature_sets: dict[str, dict] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _REQUIRED: ClassVar[tuple[str, ...]] = ("eval_id", "created_at", "config", "runs")
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromisoformat(self.created_at)
+
+
+def evaluation_exists(store: Store, eval_id: str) -> bool:
+    return store.loc.exists(P.METRICS_DIR, eval_id, P.EVAL_JSON)
+
+
+def evaluation_path(store: Store, eval_id: str) -> str:
+    return store.loc.path(P.METRICS_DIR, eval_id)
+
+
+def write_evaluation(store: Store, rec: EvaluationRecord, tables: Mapping[str, pa.Table]) -> str:
+    """Write every table of EVAL_TABLES, then eval.json (the commit); returns the directory."""
+    loc = store.loc.child(P.METRICS_DIR, rec.eval_id)
+    for name, schema in EVAL_TABLES.items():
+        loc.write_parquet(tables[name].cast(schema), P.table_file(name))
+    loc.write_json(rec.to_json(), P.EVAL_JSON)  # last: the version exists from here on
+    return loc.path()
+
+
+def list_evaluations(store: Store) -> list[EvaluationRecord]:
+    """Every committed evaluation, oldest first."""
+    recs = [EvaluationRecord.from_json(d) for d in _committed(store, P.METRICS_DIR, P.EVAL_JSON)]
+    return sorted(recs, key=lambda m: (m.created_at, m.eval_id))
+
+
+def read_evaluation_record(store: Store, eval_id: str) -> EvaluationRecord:
+    if not evaluation_exists(store, eval_id):
+        raise RadstoreError(f"no evaluation {eval_id!r} in {store.url} (radstore query --store ... 'select * from evaluations')")
+    return EvaluationRecord.from_json(store.loc.read_json(P.METRICS_DIR, eval_id, P.EVAL_JSON))
+
+
+def evaluation_table_paths(store: Store, eval_ids: list[str], name: str) -> list[str]:
+    """Where table ``name`` of each evaluation lives (for lazy scans)."""
+    return [store.loc.path(P.METRICS_DIR, e, P.table_file(name)) for e in eval_ids]
+
+
+def read_evaluation_tables(store: Store, eval_id: str) -> dict[str, pa.Table]:
+    return {name: store.loc.read_parquet(evaluation_table_paths(store, [eval_id], name), schema=schema)
+            for name, schema in EVAL_TABLES.items()}  # fmt: skip

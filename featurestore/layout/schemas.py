@@ -1,0 +1,153 @@
+"""The schema of every table radstore writes or serves, in one place.
+
+Stored tables (Parquet): images, ingest errors, rejects, cls parts, the committed index, a
+run's predictions and an evaluation's metrics, comparisons, per-image and folds tables.
+Served tables (built from json records for the SQL views): features, runs, evaluations.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+UTC_MS = pa.timestamp("ms", tz="UTC")
+UTC_US = pa.timestamp("us", tz="UTC")
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("patient_id", pa.string()),
+        ("split", pa.string()),
+        ("uri", pa.string()),
+        ("format", pa.string()),
+        ("sha256", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("bits_stored", pa.int16()),
+        ("photometric", pa.string()),
+        ("ingested_at", UTC_MS),
+        ("manifest", pa.string()),  # the manifest it came from: training joins labels and masks there
+    ]
+)
+IMAGES_DICTIONARY_COLUMNS = ["format", "photometric", "split"]
+
+INGEST_ERRORS_SCHEMA = pa.schema(
+    [("image_id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("run_at", UTC_MS)]
+)
+
+REJECTS_SCHEMA = pa.schema([("image_id", pa.string()), ("reason", pa.string()), ("time", UTC_MS)])
+
+#: + schema metadata ``radstore.parts``: the file names of the cls parts it holds, one a line
+COMMITTED_SCHEMA = pa.schema([("image_id", pa.string()), ("row", pa.int64()), ("shard", pa.int64())])
+COMMITTED_PARTS_KEY = b"radstore.parts"
+
+#: Columns of a cls part that are not embeddings (an extra global may not take these names).
+CLS_RESERVED = ("image_id", "row", "shard", "cls", "sha256", "extracted_at")
+
+
+def cls_schema(global_dim: int, extra_globals: dict[str, int] | None = None) -> pa.Schema:
+    """One row per committed image; embeddings are fixed-size lists so DuckDB sees FLOAT[D].
+
+    ``extra_globals`` adds one more vector column per entry (e.g. BiomedCLIP keeps its trunk's
+    768-d [CLS] as ``cls_trunk`` beside the projected 512-d ``cls``).
+    """
+    extras = [(name, pa.list_(pa.float32(), dim)) for name, dim in sorted((extra_globals or {}).items())]
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("row", pa.int64()),
+            ("shard", pa.int64()),
+            ("cls", pa.list_(pa.float32(), global_dim)),
+            *extras,
+            ("sha256", pa.string()),
+            ("extracted_at", UTC_MS),
+        ]
+    )
+
+
+#: Columns of a segmentation run's predictions.parquet (the masks themselves are arrays).
+MASK_PREDICTION_COLUMNS = {"mask_row": pa.int64(), "positive_pixels": pa.int64(), "predicted_pixels": pa.int64()}
+
+
+def predictions_schema(with_run_id: bool = False) -> pa.Schema:
+    """All runs' predictions in one schema: each registered global kind's prediction column
+    (``score``, ``value``, ...), ``label``, and the mask columns of segmentation runs; a run
+    fills its own kind's columns, the others are null. ``with_run_id``: the SQL view's form."""
+    from featurestore.tasks import prediction_columns
+
+    fields = [("image_id", pa.string()), ("split", pa.string())]
+    fields += [(c, pa.float64()) for c in prediction_columns()]
+    fields += [("label", pa.float64()), *MASK_PREDICTION_COLUMNS.items()]
+    if with_run_id:
+        fields.append(("run_id", pa.string()))
+    return pa.schema(fields)
+
+
+METRICS_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("created_at", UTC_MS),
+    ("task", pa.string()), ("task_kind", pa.string()), ("head", pa.string()),
+    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("run_id", pa.string()), ("fold", pa.int32()),
+    ("metric", pa.string()), ("primary", pa.bool_()), ("value", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("method", pa.string()), ("confidence", pa.float64()),
+    ("n", pa.int64()), ("resamples", pa.int64()), ("seed", pa.int64()),
+])  # fmt: skip
+COMPARISONS_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("task", pa.string()), ("head", pa.string()), ("fold", pa.int32()),
+    ("metric", pa.string()), ("test", pa.string()),
+    ("encoder_a", pa.string()), ("encoder_b", pa.string()),
+    ("feature_set_a", pa.string()), ("feature_set_b", pa.string()), ("run_a", pa.string()), ("run_b", pa.string()),
+    ("value_a", pa.float64()), ("value_b", pa.float64()), ("diff", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    ("p", pa.float64()), ("p_bonferroni", pa.float64()), ("p_holm", pa.float64()), ("family_size", pa.int64()),
+    ("n", pa.int64()),
+])  # fmt: skip
+PER_IMAGE_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("run_id", pa.string()), ("task", pa.string()), ("head", pa.string()),
+    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("fold", pa.int32()),
+    ("image_id", pa.string()), ("mask_row", pa.int64()), ("dice", pa.float64()), ("iou", pa.float64()),
+    ("true_pixels", pa.int64()), ("predicted_pixels", pa.int64()),
+])  # fmt: skip
+FOLDS_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("task", pa.string()), ("head", pa.string()), ("metric", pa.string()),
+    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("folds", pa.int64()),
+    ("median", pa.float64()), ("mean", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    ("mean_rank", pa.float64()), ("friedman_statistic", pa.float64()), ("friedman_p", pa.float64()),
+])  # fmt: skip
+#: The tables of one evaluation version, by name (file ``<name>.parquet``).
+EVAL_TABLES = {"metrics": METRICS_SCHEMA, "comparisons": COMPARISONS_SCHEMA, "per_image": PER_IMAGE_SCHEMA, "folds": FOLDS_SCHEMA}
+
+FEATURES_VIEW_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("encoder", pa.string()), ("weights", pa.string()),
+    ("weights_fingerprint", pa.string()), ("channels", pa.int64()), ("grid_h", pa.int64()),
+    ("grid_w", pa.int64()), ("global_dim", pa.int64()), ("dtype", pa.string()),
+    ("shard_images", pa.int64()), ("preprocessing", pa.string()),
+])  # fmt: skip
+RUNS_VIEW_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("task", pa.string()), ("task_kind", pa.string()), ("head", pa.string()),
+    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("fold", pa.int32()), ("seed", pa.int64()),
+    ("created_at", UTC_US), ("best_epoch", pa.int64()), ("epochs", pa.int64()), ("code_version", pa.string()),
+])  # fmt: skip
+EVALUATIONS_VIEW_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("created_at", UTC_US), ("code_version", pa.string()),
+    ("store_format_version", pa.int64()), ("runs", pa.int64()), ("resamples", pa.int64()),
+    ("seed", pa.int64()), ("method", pa.string()), ("empty_both", pa.string()),
+])  # fmt: skip
+
+
+def now_ms() -> datetime:
+    """UTC now, truncated to the milliseconds the tables store."""
+    t = datetime.now(timezone.utc)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def keep_first(table: pa.Table, key: str = "image_id") -> pa.Table:
+    """Rows of ``table`` (already in precedence order) with the first occurrence of each key:
+    the one rule for every table where a race can write a key twice."""
+    if table.num_rows == 0 or pc.count_distinct(table.column(key)).as_py() == table.num_rows:
+        return table
+    _, first = np.unique(np.asarray(table.column(key).to_pylist(), dtype=object), return_index=True)
+    return table.take(pa.array(np.sort(first)))

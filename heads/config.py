@@ -1,0 +1,70 @@
+"""The training job's configuration: one frozen dataclass that the CLI, the flows, the study
+config and the tests all build (the CLI reads its options and defaults from here).
+
+Kept free of heavy imports so ``radstore --help`` need not load torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from featurestore.config import DEVICES
+from featurestore.errors import RadstoreError
+from featurestore.tasks import get_task
+
+SEG_LOSSES = ("bce", "dice+bce")
+FUSIONS = ("add", "concat")
+SOLVERS = ("adamw", "lbfgs")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; the same object drives the CLI, the flows and the tests."""
+
+    task: str
+    head: str = "linear"
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    batch_size: int = 16
+    patience: int = 5
+    max_epochs: int = 500
+    seed: int = 0
+    seg_loss: str = "bce"
+    target_size: int = 128  # segmentation target resolution (masks resized to it)
+    fold: int | None = None  # None: the manifest's split; k: fold k of `folds`, by patient
+    folds: int = 5
+    buffer_images: int = 256  # shuffle buffer (rows held in memory while streaming)
+    in_memory: bool = False  # load the split once instead of streaming (benchmark baseline)
+    device: str = "auto"
+    attn_size: int = 64
+    refiner_channels: tuple[int, int] = (512, 256)
+    fusion: str = "add"
+    # "adamw": the study's protocol. "lbfgs": the CLIP-style linear probe for global tasks,
+    # scikit-learn's L-BFGS logistic / ridge regression with the L2 strength chosen on the
+    # validation split (holds the split's global vectors in memory, never the grids).
+    # Segmentation tasks ignore it and train with AdamW.
+    solver: str = "adamw"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        kind = get_task(self.task).spec
+        if self.head not in kind.heads:
+            raise RadstoreError(f"head {self.head!r} does not apply to task {self.task} ({kind.name}); "
+                                f"choose one of {', '.join(kind.heads)}")
+        if self.solver not in SOLVERS:
+            raise RadstoreError(f"solver must be one of {SOLVERS}")
+        if self.seg_loss not in SEG_LOSSES:
+            raise RadstoreError(f"seg_loss must be one of {SEG_LOSSES}")
+        if self.fusion not in FUSIONS:
+            raise RadstoreError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.device not in DEVICES:
+            raise RadstoreError(f"device must be one of {DEVICES}, got {self.device!r}")
+        object.__setattr__(self, "refiner_channels", tuple(self.refiner_channels))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["refiner_channels"] = list(self.refiner_channels)
+        return d
+
+
