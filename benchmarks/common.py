@@ -16,7 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ def compare(
 
 
 def summary(values: list[float]) -> tuple[float, float, float]:
+    """(median, min, max) of a measurement's rounds: every figure of the table is reported this way."""
     return statistics.median(values), min(values), max(values)
 
 
@@ -73,16 +74,22 @@ class Row:
 
 
 def rate_row(stage: str, what: str, n: int, seconds: list[float], **kw: Any) -> Row:
+    """A throughput row in images per second from per-round seconds over ``n`` images; the slowest
+    round gives the low end of the spread."""
     med, lo, hi = summary(seconds)
     return Row(stage, what, n, n / med, "img/s", n / hi, n / lo, **kw)
 
 
 def time_row(stage: str, what: str, n: int | str, seconds: list[float], **kw: Any) -> Row:
+    """A row of per-round seconds as they are (median and min-max), for stages whose cost is not
+    per image."""
     med, lo, hi = summary(seconds)
     return Row(stage, what, n, med, "s", lo, hi, **kw)
 
 
 def with_ratio(row: Row, ratio: tuple[float, float, float], baseline: str, target: str = "", met: bool | None = None) -> Row:
+    """Attach a per-round ratio (from :func:`speedups`), what it is against, and an optional target
+    with whether it was met; modifies ``row`` in place and returns it."""
     row.ratio, row.ratio_lo, row.ratio_hi = ratio
     row.baseline, row.target, row.met = baseline, target, met
     return row
@@ -111,11 +118,19 @@ def format_table(rows: list[Row]) -> str:
         else:
             ratio = f"{r.ratio:.2f}x ({r.ratio_lo:.2f}-{r.ratio_hi:.2f})"
         met = "" if r.met is None else ("yes" if r.met else "**no**")
-        lines.append([
-            r.stage, r.what + (f" [{r.note}]" if r.note else ""), str(r.n),
-            _num(r.value, r.unit) + unit, "" if r.lo == r.hi else f"{_num(r.lo, r.unit)}-{_num(r.hi, r.unit)}",
-            r.baseline, ratio, r.target, met,
-        ])
+        lines.append(
+            [
+                r.stage,
+                r.what + (f" [{r.note}]" if r.note else ""),
+                str(r.n),
+                _num(r.value, r.unit) + unit,
+                "" if r.lo == r.hi else f"{_num(r.lo, r.unit)}-{_num(r.hi, r.unit)}",
+                r.baseline,
+                ratio,
+                r.target,
+                met,
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"  # noqa: E731
     out = [fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -124,6 +139,8 @@ def format_table(rows: list[Row]) -> str:
 
 
 def machine() -> dict[str, Any]:
+    """The host, CPU, memory, library versions and load average, recorded with the results: numbers
+    from a shared machine mean little without them."""
     import numpy as np
     import torch
 
@@ -158,11 +175,12 @@ def machine() -> dict[str, Any]:
 def results_path(out_dir: str | Path | None = None, name: str | None = None) -> Path:
     """``benchmarks/results/<YYYY-MM-DD>-<host>[-name].json`` (UTC date)."""
     d = Path(out_dir) if out_dir else RESULTS_DIR
-    stem = f"{datetime.now(timezone.utc):%Y-%m-%d}-{socket.gethostname()}" + (f"-{name}" if name else "")
+    stem = f"{datetime.now(UTC):%Y-%m-%d}-{socket.gethostname()}" + (f"-{name}" if name else "")
     return d / f"{stem}.json"
 
 
 def jsonable(x: Any) -> Any:
+    """``x`` with rows, numpy scalars and tuples turned into plain json types (dict keys become strings)."""
     if isinstance(x, Row):
         return jsonable(asdict(x))
     if isinstance(x, dict):
@@ -182,9 +200,11 @@ def finish(name: str, res: dict, out_dir: str | Path | None = None) -> int:
 
 
 def write_results(name: str | None, results: dict, out_dir: str | Path | None = None) -> Path:
+    """Write the results as json to :func:`results_path`, stamped with the UTC time of writing; an
+    earlier file of the same day, host and name is replaced."""
     path = results_path(out_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"measured_at": datetime.now(timezone.utc).isoformat(), **jsonable(results)}
+    payload = {"measured_at": datetime.now(UTC).isoformat(), **jsonable(results)}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
@@ -197,4 +217,5 @@ def scratch_dir(prefix: str) -> Path:
 
 
 def du(path: Path) -> int:
+    """Bytes of every file under ``path`` (apparent sizes, not disk blocks): the bytes-per-image figures."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

@@ -1,4 +1,4 @@
-"""Issue #7, item 4: 2,000-resample bootstraps over 10,000 images against scikit-learn loops.
+"""2,000-resample bootstraps over 10,000 images against scikit-learn loops.
 
 On the same resample indices (``evaluation.bootstrap.resample_indices``), rounds interleaved:
 
@@ -30,6 +30,8 @@ STAGE = "4 bootstrap"
 
 
 def data(n: int, mask: int = 64, seed: int = 0):
+    """Binary labels with informative scores, and true and predicted disc masks ``[n, mask, mask]``
+    that overlap imperfectly; the same for a given seed, so every round scores identical data."""
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.3).astype(int)
     score = y * 0.8 + rng.normal(0, 0.7, n)
@@ -46,6 +48,8 @@ def data(n: int, mask: int = 64, seed: int = 0):
 
 
 def run(n: int = 10_000, resamples: int = 2000, reps: int = 3) -> dict:
+    """Time the vectorised AUROC and mean Dice against the scikit-learn loops on the same resample
+    indices; each row's target is met only if the outputs also agree to 1e-9."""
     y, score, truth, pred = data(n)
     idx = resample_indices(n, resamples, 0)
 
@@ -66,12 +70,15 @@ def run(n: int = 10_000, resamples: int = 2000, reps: int = 3) -> dict:
 
         return go
 
-    t = compare({
-        "auroc sklearn loop": keep("auroc sklearn loop", lambda: [roc_auc_score(y[r], score[r]) for r in idx]),
-        "auroc vectorised": keep("auroc vectorised", lambda: auroc(y, score, idx)),
-        "dice sklearn loop": keep("dice sklearn loop", dice_sklearn_loop),
-        "dice vectorised": keep("dice vectorised", dice_vectorised),
-    }, reps)
+    t = compare(
+        {
+            "auroc sklearn loop": keep("auroc sklearn loop", lambda: [roc_auc_score(y[r], score[r]) for r in idx]),
+            "auroc vectorised": keep("auroc vectorised", lambda: auroc(y, score, idx)),
+            "dice sklearn loop": keep("dice sklearn loop", dice_sklearn_loop),
+            "dice vectorised": keep("dice vectorised", dice_vectorised),
+        },
+        reps,
+    )
     out = {
         "max_abs_diff_auroc": float(np.max(np.abs(last["auroc vectorised"] - last["auroc sklearn loop"]))),
         "max_abs_diff_dice": float(np.max(np.abs(last["dice vectorised"] - last["dice sklearn loop"]))),
@@ -82,16 +89,29 @@ def run(n: int = 10_000, resamples: int = 2000, reps: int = 3) -> dict:
     size = f"{resamples}x{n}"
     rows: list[Row] = [
         time_row(STAGE, "AUROC: loop of sklearn roc_auc_score", size, t["auroc sklearn loop"]),
-        with_ratio(time_row(STAGE, f"AUROC: evaluation.metrics.auroc [max diff {out['max_abs_diff_auroc']:.1e}]", size, t["auroc vectorised"]),
-                   sa, "sklearn loop", ">= 50x, agree 1e-9", sa[0] >= 50 and agree_a),
+        with_ratio(
+            time_row(STAGE, f"AUROC: evaluation.metrics.auroc [max diff {out['max_abs_diff_auroc']:.1e}]", size, t["auroc vectorised"]),
+            sa,
+            "sklearn loop",
+            ">= 50x, agree 1e-9",
+            sa[0] >= 50 and agree_a,
+        ),
         time_row(STAGE, "mean Dice: sklearn f1_score per image + np.mean per resample", size, t["dice sklearn loop"]),
-        with_ratio(time_row(STAGE, f"mean Dice: per_image_overlap + mean_of [max diff {out['max_abs_diff_dice']:.1e}]", size, t["dice vectorised"]),
-                   sd, "sklearn loop", ">= 50x, agree 1e-9", sd[0] >= 50 and agree_d),
+        with_ratio(
+            time_row(
+                STAGE, f"mean Dice: per_image_overlap + mean_of [max diff {out['max_abs_diff_dice']:.1e}]", size, t["dice vectorised"]
+            ),
+            sd,
+            "sklearn loop",
+            ">= 50x, agree 1e-9",
+            sd[0] >= 50 and agree_d,
+        ),
     ]
     return {"stage": STAGE, "n": n, "resamples": resamples, "reps": reps, "rows": rows, "details": out}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run this stage alone from the command line; prints its table, writes its results file, exits 0."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--resamples", type=int, default=2000)

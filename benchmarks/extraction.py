@@ -1,4 +1,4 @@
-"""Issue #7, item 3: ``radstore extract``'s engine against the pure forward pass.
+"""``radstore extract``'s engine against the pure forward pass.
 
 ``featurestore.extract.extract_group`` (what each task of ``radstore extract`` runs: decode
 and preprocess in a DataLoader worker, forward, float16 cast, shard writes and commits, into
@@ -48,6 +48,8 @@ def cycled_manifest(cohort_manifest: Path, n: int) -> Path:
 
 
 def run(pixels_sizes=(16, 48, 144), vit_n: int = 4, vit_batch: int = 2, pixels_batch: int = 16, reps: int = 3) -> dict:
+    """Time ``extract_group`` against the forward pass for each (encoder, size) of the plan, in a
+    scratch directory removed afterwards; ``vit_n=0`` leaves the ViT out."""
     root = scratch_dir("extract")
     rows: list[Row] = []
     details: dict = {"torch_threads": torch.get_num_threads()}
@@ -93,15 +95,26 @@ def run(pixels_sizes=(16, 48, 144), vit_n: int = 4, vit_batch: int = 2, pixels_b
             rows.append(rate_row(STAGE, f"{label}: forward on preloaded tensors", n, t["forward"]))
             sp = speedups(t["forward"], t["extract"])
             target, met = (">= 0.9x", sp[0] >= 0.9) if name == "random-vit" else ("", None)
-            rows.append(with_ratio(rate_row(STAGE, f"{label}: radstore extract (decode+forward+write)", n, t["extract"]), sp, "forward", target, met))
+            rows.append(
+                with_ratio(
+                    rate_row(STAGE, f"{label}: radstore extract (decode+forward+write)", n, t["extract"]), sp, "forward", target, met
+                )
+            )
             if "decode" in t:
-                rows.append(with_ratio(rate_row(STAGE, f"{label}: decode + preprocess alone, 1 thread", n, t["decode"]), speedups(t["forward"], t["decode"]), "forward"))
+                rows.append(
+                    with_ratio(
+                        rate_row(STAGE, f"{label}: decode + preprocess alone, 1 thread", n, t["decode"]),
+                        speedups(t["forward"], t["decode"]),
+                        "forward",
+                    )
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {"stage": STAGE, "reps": reps, "distinct_images": DISTINCT, "rows": rows, "details": details}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run this stage alone from the command line; prints its table, writes its results file, exits 0."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pixels-sizes", type=int, nargs="+", default=[16, 48, 144])
     ap.add_argument("--vit-n", type=int, default=4, help="images for random-vit (0: skip it)")

@@ -1,4 +1,4 @@
-"""Issue #7, item 5: the extraction planner over 1,000,000 committed ids, and a DuckDB query.
+"""The extraction planner over 1,000,000 committed ids, and a DuckDB query.
 
 Planner: a feature set (the ``pixels`` encoder's, shards of 64) whose ``cls/`` holds
 1,000,000 committed image_ids in 15,625 Parquet parts of 64 rows, written synthetically in the
@@ -63,13 +63,18 @@ def synthesize_parts(cls_dir: Path, n: int, dim: int, random_vectors: bool = Fal
     cls_dir.mkdir(parents=True, exist_ok=True)
     parts = -(-n // SHARD)
     bounds = np.linspace(0, parts, workers * 4 + 1).astype(int)
-    jobs = [(str(cls_dir), int(a), int(b), n, dim, (1000 + i) if random_vectors else None) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    jobs = [
+        (str(cls_dir), int(a), int(b), n, dim, (1000 + i) if random_vectors else None)
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
+    ]
     with ProcessPoolExecutor(workers) as ex:
         list(ex.map(_write_parts, jobs))
     return parts
 
 
 def run(committed: int = 1_000_000, new: int = 10_000, query_rows: int = 100_000, reps: int = 3) -> dict:
+    """Time the planner cold and warm over ``committed`` synthetic ids plus ``new`` ones, and the
+    DuckDB query; asserts both plans agree and find exactly the new ids."""
     root = scratch_dir("plan")
     rows: list[Row] = []
     details: dict = {}
@@ -109,8 +114,11 @@ def run(committed: int = 1_000_000, new: int = 10_000, query_rows: int = 100_000
 
             return go
 
-        t = compare({"cold": planner("cold"), "warm": planner("warm")}, reps,
-                    setup={"cold": lambda: shutil.rmtree(index_dir, ignore_errors=True), "warm": restore_index})
+        t = compare(
+            {"cold": planner("cold"), "warm": planner("warm")},
+            reps,
+            setup={"cold": lambda: shutil.rmtree(index_dir, ignore_errors=True), "warm": restore_index},
+        )
         for name in ("cold", "warm"):
             p = results[name]
             assert sum(map(len, p.groups)) == new and p.skipped == committed, (name, sum(map(len, p.groups)), p.skipped)
@@ -158,11 +166,16 @@ def _duckdb(root: Path, n: int, reps: int, details: dict) -> list[Row]:
     what = f"top-10 cosine over {n:,} x {dim} in {parts:,} parts"
     return [
         time_row(STAGE, f"pyarrow read + numpy [{what}]", n, t["numpy"]),
-        with_ratio(time_row(STAGE, "DuckDB query straight from the cls Parquet parts", n, t["duckdb"]), speedups(t["numpy"], t["duckdb"]), "pyarrow + numpy"),
+        with_ratio(
+            time_row(STAGE, "DuckDB query straight from the cls Parquet parts", n, t["duckdb"]),
+            speedups(t["numpy"], t["duckdb"]),
+            "pyarrow + numpy",
+        ),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run this stage alone from the command line; prints its table, writes its results file, exits 0."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--committed", type=int, default=1_000_000)
     ap.add_argument("--query-rows", type=int, default=100_000)

@@ -71,12 +71,28 @@ def growth_rows(rows: list[Row]) -> list[Row]:
         small, large = rs[0], rs[-1]
         growth = small.value / large.value  # (1/large) / (1/small): cost per image, large over small
         per = ", ".join(f"{1e3 / r.value:.2f}" for r in rs)
-        out.append(Row("6 growth", f"{stage[2:]}: {what} [ms/img at n = {'/'.join(str(r.n) for r in rs)}: {per}]",
-                       f"{small.n}->{large.n}", growth, "x", growth, growth, "cost/img at smallest n", growth, growth, growth, "flat (~1x)"))
+        out.append(
+            Row(
+                "6 growth",
+                f"{stage[2:]}: {what} [ms/img at n = {'/'.join(str(r.n) for r in rs)}: {per}]",
+                f"{small.n}->{large.n}",
+                growth,
+                "x",
+                growth,
+                growth,
+                "cost/img at smallest n",
+                growth,
+                growth,
+                growth,
+                "flat (~1x)",
+            )
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``radstore bench``: run the chosen stages, print each table and the combined one, and write
+    the results file unless ``--no-write``; exits 0 whether or not every target was met."""
     ap = argparse.ArgumentParser(prog="radstore bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="which stages to run (default: all)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved rounds per measurement (>= 3 for published numbers)")
@@ -86,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     sizes = QUICK if a.quick else FULL
     info = machine()
-    print(f"radstore benchmarks on {info['host']}: {info['cpus']} CPUs ({info.get('cpu', '?')}), torch {info['torch']} "
-          f"with {info['torch_threads']} threads, load average {' '.join(f'{x:.2f}' for x in info['load_average'])}")
+    print(
+        f"radstore benchmarks on {info['host']}: {info['cpus']} CPUs ({info.get('cpu', '?')}), torch {info['torch']} "
+        f"with {info['torch_threads']} threads, load average {' '.join(f'{x:.2f}' for x in info['load_average'])}"
+    )
     print(f"GPU: {info['gpu']}", flush=True)
     t0 = time.perf_counter()
     rows: list[Row] = []
@@ -107,14 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== all stages: median of", a.reps, "interleaved rounds; ratio = candidate vs the same-run baseline, per round")
     print(format_table(rows))
     targets = [r for r in rows if r.met is not None]
-    print(f"\ntargets met: {sum(r.met for r in targets)} of {len(targets)}"
-          + "".join(f"\n  NOT MET: {r.stage} / {r.what} (n={r.n}): {r.ratio:.4g} vs {r.target}" for r in targets if not r.met))
+    print(
+        f"\ntargets met: {sum(r.met for r in targets)} of {len(targets)}"
+        + "".join(f"\n  NOT MET: {r.stage} / {r.what} (n={r.n}): {r.ratio:.4g} vs {r.target}" for r in targets if not r.met)
+    )
     print(f"GPU: {info['gpu']}")
     print(f"total {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stage_seconds.items())})")
     if not a.no_write:
         info["load_average_end"] = __import__("os").getloadavg()
-        payload = {"machine": info, "quick": a.quick, "reps": a.reps, "seconds": round(total, 1), "stage_seconds": stage_seconds,
-                   "sizes": {s: sizes[s] for s in a.stages}, "rows": rows, "details": results}
+        payload = {
+            "machine": info,
+            "quick": a.quick,
+            "reps": a.reps,
+            "seconds": round(total, 1),
+            "stage_seconds": stage_seconds,
+            "sizes": {s: sizes[s] for s in a.stages},
+            "rows": rows,
+            "details": results,
+        }
         print(f"wrote {write_results(None if not a.quick else 'quick', payload, a.out)}")
     return 0
 

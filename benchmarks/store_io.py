@@ -1,4 +1,4 @@
-"""Issue #7, item 1: store writes against one ``.npy`` per image (float32) and a plain memory copy.
+"""Store writes against one ``.npy`` per image (float32) and a plain memory copy.
 
 Writing ``n`` grids of 768x37x37 through the store with the default dtype and codec
 (float16, no compressor, shards of 64 images), the [CLS] Parquet part and the commit
@@ -64,6 +64,8 @@ def write_store(d: Path, ids: list[str], patches: np.ndarray, cls: np.ndarray, b
 
 
 def run(sizes=(64, 256, 1024), reps: int = 3, batch: int = 16, sync: bool = True) -> dict:
+    """Time store writes against ``np.save`` per image and a memory copy at each size (the extra
+    cases at the middle size), plus bytes per image; all files go to a scratch directory."""
     patches, cls = _pool()
     patches16 = torch.from_numpy(patches).half()  # what extraction hands the writer: cast on the device
     dst = np.empty_like(patches)
@@ -96,6 +98,7 @@ def run(sizes=(64, 256, 1024), reps: int = 3, batch: int = 16, sync: bool = True
             }
             setup = {"npy": fresh(root / "npy"), "store": fresh(root / "store")}
             if n == middle:
+
                 def durable(fn):
                     def go():
                         fn()
@@ -114,27 +117,84 @@ def run(sizes=(64, 256, 1024), reps: int = 3, batch: int = 16, sync: bool = True
                 setup["store via zarr"] = fresh(root / "zarr")
                 setup["store unsharded"] = fresh(root / "unsharded")
             t = compare(cases, reps, setup)
-            size = {k: du(root / d) / n for k, d in (("npy", "npy"), ("store", "store"), ("store via zarr", "zarr"), ("store unsharded", "unsharded")) if (root / d).exists()}
+            size = {
+                k: du(root / d) / n
+                for k, d in (("npy", "npy"), ("store", "store"), ("store via zarr", "zarr"), ("store unsharded", "unsharded"))
+                if (root / d).exists()
+            }
             details[n] = {"seconds": t, "bytes_per_image": size}
             speed = speedups(t["npy"], t["store"])
             rows.append(rate_row(STAGE, "npy per image, float32 (baseline a)", n, t["npy"]))
-            rows.append(with_ratio(rate_row(STAGE, "memory copy, float32 (ceiling b)", n, t["memory copy"]), speedups(t["npy"], t["memory copy"]), "npy"))
-            rows.append(with_ratio(rate_row(STAGE, "radstore write (fp16, shards of 64, cls + commit)", n, t["store"]), speed, "npy", ">= 1.5x", speed[0] >= 1.5))
-            rows.append(with_ratio(rate_row(STAGE, "radstore write vs the ceiling", n, t["store"]), speedups(t["memory copy"], t["store"]), "memory copy"))
+            rows.append(
+                with_ratio(
+                    rate_row(STAGE, "memory copy, float32 (ceiling b)", n, t["memory copy"]), speedups(t["npy"], t["memory copy"]), "npy"
+                )
+            )
+            rows.append(
+                with_ratio(
+                    rate_row(STAGE, "radstore write (fp16, shards of 64, cls + commit)", n, t["store"]),
+                    speed,
+                    "npy",
+                    ">= 1.5x",
+                    speed[0] >= 1.5,
+                )
+            )
+            rows.append(
+                with_ratio(
+                    rate_row(STAGE, "radstore write vs the ceiling", n, t["store"]), speedups(t["memory copy"], t["store"]), "memory copy"
+                )
+            )
             if n == max(sizes):  # the same at every size
                 b = size["store"] / size["npy"]
                 grids = GRID[0] * GRID[1] * GRID[2] * 2
-                rows.append(Row(STAGE, f"radstore bytes per image [grids {grids:,} B + cls part and index {size['store'] - grids:,.0f} B]", n,
-                                size["store"], "B/img", size["store"], size["store"], "npy bytes", b, b, b, "<= 0.5x", b <= 0.5,
-                                extra={"npy_bytes_per_image": size["npy"]}))
+                rows.append(
+                    Row(
+                        STAGE,
+                        f"radstore bytes per image [grids {grids:,} B + cls part and index {size['store'] - grids:,.0f} B]",
+                        n,
+                        size["store"],
+                        "B/img",
+                        size["store"],
+                        size["store"],
+                        "npy bytes",
+                        b,
+                        b,
+                        b,
+                        "<= 0.5x",
+                        b <= 0.5,
+                        extra={"npy_bytes_per_image": size["npy"]},
+                    )
+                )
             if n == middle:
                 rows.append(rate_row(STAGE, "npy per image, float32, then sync (durable)", n, t["npy durable"]))
-                rows.append(with_ratio(rate_row(STAGE, "radstore write, then sync (durable)", n, t["store durable"]),
-                                       speedups(t["npy durable"], t["store durable"]), "npy durable"))
-                rows.append(with_ratio(rate_row(STAGE, "radstore write, float16 input (extraction casts on the device)", n, t["store fp16 input"]),
-                                       speedups(t["npy"], t["store fp16 input"]), "npy"))
-                rows.append(with_ratio(rate_row(STAGE, "same shards written through zarr (before)", n, t["store via zarr"]), speedups(t["npy"], t["store via zarr"]), "npy"))
-                rows.append(with_ratio(rate_row(STAGE, "one chunk object per image (sharded=False)", n, t["store unsharded"]), speedups(t["npy"], t["store unsharded"]), "npy"))
+                rows.append(
+                    with_ratio(
+                        rate_row(STAGE, "radstore write, then sync (durable)", n, t["store durable"]),
+                        speedups(t["npy durable"], t["store durable"]),
+                        "npy durable",
+                    )
+                )
+                rows.append(
+                    with_ratio(
+                        rate_row(STAGE, "radstore write, float16 input (extraction casts on the device)", n, t["store fp16 input"]),
+                        speedups(t["npy"], t["store fp16 input"]),
+                        "npy",
+                    )
+                )
+                rows.append(
+                    with_ratio(
+                        rate_row(STAGE, "same shards written through zarr (before)", n, t["store via zarr"]),
+                        speedups(t["npy"], t["store via zarr"]),
+                        "npy",
+                    )
+                )
+                rows.append(
+                    with_ratio(
+                        rate_row(STAGE, "one chunk object per image (sharded=False)", n, t["store unsharded"]),
+                        speedups(t["npy"], t["store unsharded"]),
+                        "npy",
+                    )
+                )
                 rows += _random_reads(root, ids, reps, batch)
             for d in ("npy", "store", "fp16", "zarr", "unsharded", "npy-d", "store-d"):
                 shutil.rmtree(root / d, ignore_errors=True)
@@ -168,6 +228,7 @@ def _random_reads(root: Path, ids: list[str], reps: int, batch: int) -> list[Row
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run this stage alone from the command line; prints its table, writes its results file, exits 0."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--reps", type=int, default=3)

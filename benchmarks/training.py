@@ -1,4 +1,4 @@
-"""Issue #7, item 2: the shuffled streaming training loader against RAM and per-image .npy reads.
+"""The shuffled streaming training loader against RAM and per-image .npy reads.
 
 On the same 768x37x37 grids (float16 in the store, float32 in the .npy files), side by side:
 
@@ -32,6 +32,8 @@ STAGE = "2 training read"
 
 
 def run(sizes=(64, 256, 1024), epoch_size: int = 256, reps: int = 3, batch: int = 16, target: int = 64) -> dict:
+    """Time a shuffled epoch of the streaming loader against RAM and per-image ``.npy`` reads at
+    each size, and the linear head's epoch at ``epoch_size``; ``target`` is the mask side."""
     patches, cls = _pool()
     rows: list[Row] = []
     details: dict = {}
@@ -50,7 +52,7 @@ def run(sizes=(64, 256, 1024), epoch_size: int = 256, reps: int = 3, batch: int 
             rng = np.random.default_rng(1)
 
             def drain(loader):
-                for b in loader:
+                for _b in loader:
                     pass
 
             def npy_epoch():
@@ -64,7 +66,9 @@ def run(sizes=(64, 256, 1024), epoch_size: int = 256, reps: int = 3, batch: int 
             rows.append(rate_row(STAGE, "loader in RAM (in_memory=True, ceiling)", n, t["memory"]))
             sp = speedups(t["npy"], t["stream"])
             rows.append(with_ratio(rate_row(STAGE, "loader streaming from the store", n, t["stream"]), sp, "npy", ">= 1.0x", sp[0] >= 1.0))
-            rows.append(with_ratio(rate_row(STAGE, "loader streaming vs in RAM", n, t["stream"]), speedups(t["memory"], t["stream"]), "in RAM"))
+            rows.append(
+                with_ratio(rate_row(STAGE, "loader streaming vs in RAM", n, t["stream"]), speedups(t["memory"], t["stream"]), "in RAM")
+            )
             if n == epoch_size:
                 rows += _epochs(stream, memory, n, reps, target, details)
             stream = memory = None  # free the in-RAM copy before the next size
@@ -72,7 +76,16 @@ def run(sizes=(64, 256, 1024), epoch_size: int = 256, reps: int = 3, batch: int 
             shutil.rmtree(root / "npy", ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return {"stage": STAGE, "sizes": list(sizes), "epoch_size": epoch_size, "reps": reps, "batch": batch, "grid": list(GRID), "rows": rows, "details": details}
+    return {
+        "stage": STAGE,
+        "sizes": list(sizes),
+        "epoch_size": epoch_size,
+        "reps": reps,
+        "batch": batch,
+        "grid": list(GRID),
+        "rows": rows,
+        "details": details,
+    }
 
 
 def _epochs(stream, memory, n: int, reps: int, target: int, details: dict) -> list[Row]:
@@ -98,6 +111,7 @@ def _epochs(stream, memory, n: int, reps: int, target: int, details: dict) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run this stage alone from the command line; prints its table, writes its results file, exits 0."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--epoch-size", type=int, default=256)

@@ -30,9 +30,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +69,9 @@ TABLES = EVAL_TABLES
 
 @dataclass(frozen=True)
 class Evaluation:
+    """What :func:`evaluate` hands back: the version's id, its directory and its record, and whether
+    this call wrote it or found it already there."""
+
     eval_id: str
     path: str
     created: bool  # False: identical inputs were evaluated before; the existing version was returned
@@ -75,6 +79,7 @@ class Evaluation:
 
 
 # -- inputs ------------------------------------------------------------------------------------
+
 
 @dataclass
 class RunData:
@@ -87,6 +92,7 @@ class RunData:
 
     @property
     def key(self) -> tuple:
+        """The group a run is compared within: (task, head, fold)."""
         return (self.meta["task"], self.meta["head"], self.meta.get("fold"))
 
 
@@ -107,11 +113,18 @@ def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
             raise RadstoreError(f"run {run_id}: predicted masks of {', '.join(bad[:5])} contain NaN (incomplete run?)")
         pm, tm = prob > cfg.threshold, t[rows] > 0
         dice, iou = M.per_image_overlap(tm, pm, cfg.empty_both)
-        arrays = {"dice": dice, "iou": iou, "mask_row": rows,
-                  "true_pixels": tm.reshape(len(ids), -1).sum(1), "predicted_pixels": pm.reshape(len(ids), -1).sum(1)}
+        arrays = {
+            "dice": dice,
+            "iou": iou,
+            "mask_row": rows,
+            "true_pixels": tm.reshape(len(ids), -1).sum(1),
+            "predicted_pixels": pm.reshape(len(ids), -1).sum(1),
+        }
     else:
-        arrays = {"y": pred.column("label").to_numpy().astype(np.float64),
-                  "prediction": pred.column(kind.prediction).to_numpy().astype(np.float64)}
+        arrays = {
+            "y": pred.column("label").to_numpy().astype(np.float64),
+            "prediction": pred.column(kind.prediction).to_numpy().astype(np.float64),
+        }
         for name, a in arrays.items():
             if not np.isfinite(a).all():
                 bad = ids[~np.isfinite(a)]
@@ -136,6 +149,7 @@ def _take(r: RunData, pos: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarr
 
 # -- selection ---------------------------------------------------------------------------------
 
+
 def select_runs(store: Store, run_ids: Iterable[str] | None = None) -> list[str]:
     """The runs to evaluate: those given, or (None) the latest run of every
     (task, head, fold, feature set) in the store."""
@@ -157,13 +171,15 @@ def select_runs(store: Store, run_ids: Iterable[str] | None = None) -> list[str]
 
 
 def eval_id_for(runs: list[RunData], cfg: EvalConfig) -> str:
-    ident = {"eval_version": EVAL_VERSION, "config": asdict(cfg),
-             "runs": sorted([r.meta["run_id"], r.sha256] for r in runs)}
+    """The id of evaluating these runs under ``cfg``: a hash of the metric code's version, the
+    configuration and each run's id with its predictions' sha256, so equal inputs give equal ids."""
+    ident = {"eval_version": EVAL_VERSION, "config": asdict(cfg), "runs": sorted([r.meta["run_id"], r.sha256] for r in runs)}
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
     return f"eval-{digest}"
 
 
 # -- evaluation --------------------------------------------------------------------------------
+
 
 def _labels(group: list[RunData]) -> list[str]:
     """Encoder names, or feature set ids where one encoder has several feature sets in a group."""
@@ -190,38 +206,107 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
         for r, label, pos in zip(group, labels, positions):
             for j, metric in enumerate(spec.metrics):
                 m = M.get_metric(metric)
-                ci = bootstrap_ci(m.fn, _take(r, pos, m.inputs), resamples=cfg.resamples, seed=cfg.seed,
-                                  method=cfg.method, confidence=cfg.confidence, idx=idx)
-                out["metrics"].append({**base, "eval_id": eval_id, "created_at": created_at, "task_kind": kind,
-                                       "encoder": label, "feature_set_id": r.meta["feature_set_id"], "run_id": r.meta["run_id"],
-                                       "metric": metric, "primary": j == 0, "value": ci.value, "ci_low": ci.low,
-                                       "ci_high": ci.high, "method": ci.method, "confidence": ci.confidence,
-                                       "n": ci.n, "resamples": ci.resamples, "seed": ci.seed})
+                ci = bootstrap_ci(
+                    m.fn,
+                    _take(r, pos, m.inputs),
+                    resamples=cfg.resamples,
+                    seed=cfg.seed,
+                    method=cfg.method,
+                    confidence=cfg.confidence,
+                    idx=idx,
+                )
+                out["metrics"].append(
+                    {
+                        **base,
+                        "eval_id": eval_id,
+                        "created_at": created_at,
+                        "task_kind": kind,
+                        "encoder": label,
+                        "feature_set_id": r.meta["feature_set_id"],
+                        "run_id": r.meta["run_id"],
+                        "metric": metric,
+                        "primary": j == 0,
+                        "value": ci.value,
+                        "ci_low": ci.low,
+                        "ci_high": ci.high,
+                        "method": ci.method,
+                        "confidence": ci.confidence,
+                        "n": ci.n,
+                        "resamples": ci.resamples,
+                        "seed": ci.seed,
+                    }
+                )
             if spec.dense:
                 a = r.arrays
                 for i, image_id in enumerate(r.image_ids):
-                    out["per_image"].append({**base, "eval_id": eval_id, "run_id": r.meta["run_id"], "encoder": label,
-                                             "feature_set_id": r.meta["feature_set_id"], "image_id": image_id,
-                                             "mask_row": int(a["mask_row"][i]), "dice": float(a["dice"][i]),
-                                             "iou": float(a["iou"][i]), "true_pixels": int(a["true_pixels"][i]),
-                                             "predicted_pixels": int(a["predicted_pixels"][i])})
+                    out["per_image"].append(
+                        {
+                            **base,
+                            "eval_id": eval_id,
+                            "run_id": r.meta["run_id"],
+                            "encoder": label,
+                            "feature_set_id": r.meta["feature_set_id"],
+                            "image_id": image_id,
+                            "mask_row": int(a["mask_row"][i]),
+                            "dice": float(a["dice"][i]),
+                            "iou": float(a["iou"][i]),
+                            "true_pixels": int(a["true_pixels"][i]),
+                            "predicted_pixels": int(a["predicted_pixels"][i]),
+                        }
+                    )
         for (ra, la, pa_), (rb, lb, pb) in itertools.combinations(zip(group, labels, positions), 2):
-            pair = {**base, "eval_id": eval_id, "encoder_a": la, "encoder_b": lb,
-                    "feature_set_a": ra.meta["feature_set_id"], "feature_set_b": rb.meta["feature_set_id"],
-                    "run_a": ra.meta["run_id"], "run_b": rb.meta["run_id"], "n": len(ids)}
+            pair = {
+                **base,
+                "eval_id": eval_id,
+                "encoder_a": la,
+                "encoder_b": lb,
+                "feature_set_a": ra.meta["feature_set_id"],
+                "feature_set_b": rb.meta["feature_set_id"],
+                "run_a": ra.meta["run_id"],
+                "run_b": rb.meta["run_id"],
+                "n": len(ids),
+            }
             for metric in spec.metrics:
                 m = M.get_metric(metric)
-                d = paired_bootstrap(m.fn, _take(ra, pa_, m.inputs), _take(rb, pb, m.inputs), resamples=cfg.resamples,
-                                     seed=cfg.seed, confidence=cfg.confidence, idx=idx)
-                out["comparisons"].append({**pair, "metric": metric, "test": "paired-bootstrap", "value_a": d.a,
-                                           "value_b": d.b, "diff": d.diff, "ci_low": d.low, "ci_high": d.high, "p": d.p})
+                d = paired_bootstrap(
+                    m.fn,
+                    _take(ra, pa_, m.inputs),
+                    _take(rb, pb, m.inputs),
+                    resamples=cfg.resamples,
+                    seed=cfg.seed,
+                    confidence=cfg.confidence,
+                    idx=idx,
+                )
+                out["comparisons"].append(
+                    {
+                        **pair,
+                        "metric": metric,
+                        "test": "paired-bootstrap",
+                        "value_a": d.a,
+                        "value_b": d.b,
+                        "diff": d.diff,
+                        "ci_low": d.low,
+                        "ci_high": d.high,
+                        "p": d.p,
+                    }
+                )
             if "auroc" in spec.metrics and not spec.dense:  # DeLong's test of two correlated AUROCs
                 (ya, sa), (_, sb) = _take(ra, pa_, M.GLOBAL_INPUTS), _take(rb, pb, M.GLOBAL_INPUTS)
                 if 2 <= ya.sum() <= len(ya) - 2:  # DeLong's variance needs two of each class
                     dl = delong(ya, sa, sb)
-                    out["comparisons"].append({**pair, "metric": "auroc", "test": "delong", "value_a": dl["auc_a"],
-                                               "value_b": dl["auc_b"], "diff": dl["auc_a"] - dl["auc_b"],
-                                               "ci_low": np.nan, "ci_high": np.nan, "p": dl["p"]})
+                    out["comparisons"].append(
+                        {
+                            **pair,
+                            "metric": "auroc",
+                            "test": "delong",
+                            "value_a": dl["auc_a"],
+                            "value_b": dl["auc_b"],
+                            "diff": dl["auc_a"] - dl["auc_b"],
+                            "ci_low": np.nan,
+                            "ci_high": np.nan,
+                            "p": dl["p"],
+                        }
+                    )
     _fold_summaries(out, eval_id)
     _correct(out["comparisons"])
     return out
@@ -248,20 +333,49 @@ def _fold_summaries(out: dict[str, list[dict]], eval_id: str) -> None:
         for j, e in enumerate(names):
             v = table[:, j]
             half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-            out["folds"].append({"eval_id": eval_id, "task": task, "head": head, "metric": metric, "encoder": e,
-                                 "feature_set_id": fsid[e], "folds": len(v), "median": float(np.median(v)),
-                                 "mean": float(v.mean()), "ci_low": float(v.mean() - half), "ci_high": float(v.mean() + half),
-                                 "mean_rank": float(fr["mean_rank"][j]) if fr else np.nan,
-                                 "friedman_statistic": fr["statistic"] if fr else np.nan, "friedman_p": fr["p"] if fr else np.nan})
+            out["folds"].append(
+                {
+                    "eval_id": eval_id,
+                    "task": task,
+                    "head": head,
+                    "metric": metric,
+                    "encoder": e,
+                    "feature_set_id": fsid[e],
+                    "folds": len(v),
+                    "median": float(np.median(v)),
+                    "mean": float(v.mean()),
+                    "ci_low": float(v.mean() - half),
+                    "ci_high": float(v.mean() + half),
+                    "mean_rank": float(fr["mean_rank"][j]) if fr else np.nan,
+                    "friedman_statistic": fr["statistic"] if fr else np.nan,
+                    "friedman_p": fr["p"] if fr else np.nan,
+                }
+            )
         if fr:
             for i, j in itertools.combinations(range(len(names)), 2):
-                out["comparisons"].append({"eval_id": eval_id, "task": task, "head": head, "fold": None, "metric": metric,
-                                           "test": "nemenyi", "encoder_a": names[i], "encoder_b": names[j],
-                                           "feature_set_a": fsid[names[i]], "feature_set_b": fsid[names[j]],
-                                           "run_a": None, "run_b": None, "value_a": float(np.median(table[:, i])),
-                                           "value_b": float(np.median(table[:, j])),
-                                           "diff": float(fr["mean_rank"][i] - fr["mean_rank"][j]),
-                                           "ci_low": np.nan, "ci_high": np.nan, "p": float(fr["nemenyi_p"][i, j]), "n": len(folds)})
+                out["comparisons"].append(
+                    {
+                        "eval_id": eval_id,
+                        "task": task,
+                        "head": head,
+                        "fold": None,
+                        "metric": metric,
+                        "test": "nemenyi",
+                        "encoder_a": names[i],
+                        "encoder_b": names[j],
+                        "feature_set_a": fsid[names[i]],
+                        "feature_set_b": fsid[names[j]],
+                        "run_a": None,
+                        "run_b": None,
+                        "value_a": float(np.median(table[:, i])),
+                        "value_b": float(np.median(table[:, j])),
+                        "diff": float(fr["mean_rank"][i] - fr["mean_rank"][j]),
+                        "ci_low": np.nan,
+                        "ci_high": np.nan,
+                        "p": float(fr["nemenyi_p"][i, j]),
+                        "n": len(folds),
+                    }
+                )
 
 
 def _correct(rows: list[dict]) -> None:
@@ -283,8 +397,9 @@ def _correct(rows: list[dict]) -> None:
             rows[i].update(p_bonferroni=float(bonf[k]), p_holm=float(holm[k]), family_size=len(members))
 
 
-def evaluate(store: Store, run_ids: Iterable[str] | None = None, cfg: EvalConfig | None = None,
-             progress: Callable[[str], None] | None = None) -> Evaluation:
+def evaluate(
+    store: Store, run_ids: Iterable[str] | None = None, cfg: EvalConfig | None = None, progress: Callable[[str], None] | None = None
+) -> Evaluation:
     """Evaluate runs (default: the latest of each kind) into a new immutable version, or
     return the existing version when these exact inputs were evaluated before."""
     cfg = cfg or EvalConfig()
@@ -306,8 +421,11 @@ def evaluate(store: Store, run_ids: Iterable[str] | None = None, cfg: EvalConfig
         f = r.meta["feature_set_id"]
         if f not in fs_meta:
             spec = store.feature_set(f).spec if f in known else None
-            fs_meta[f] = ({"encoder": spec.encoder, "weights_fingerprint": spec.weights_fingerprint, "labels": dict(spec.labels)}
-                          if spec else {"missing": True})
+            fs_meta[f] = (
+                {"encoder": spec.encoder, "weights_fingerprint": spec.weights_fingerprint, "labels": dict(spec.labels)}
+                if spec
+                else {"missing": True}
+            )
     rec = EvaluationRecord(
         eval_id=eval_id,
         created_at=created.isoformat(),
@@ -316,10 +434,20 @@ def evaluate(store: Store, run_ids: Iterable[str] | None = None, cfg: EvalConfig
         radstore_version=__version__,
         store_format_version=store.meta.get("format_version"),
         config=asdict(cfg),
-        runs=[{"run_id": r.meta["run_id"], "task": r.meta["task"], "task_kind": r.meta["task_kind"],
-               "head": r.meta["head"], "encoder": r.meta["encoder"], "feature_set_id": r.meta["feature_set_id"],
-               "fold": r.meta.get("fold"), "predictions_sha256": r.sha256, "run_code_version": r.meta.get("code_version")}
-              for r in runs],
+        runs=[
+            {
+                "run_id": r.meta["run_id"],
+                "task": r.meta["task"],
+                "task_kind": r.meta["task_kind"],
+                "head": r.meta["head"],
+                "encoder": r.meta["encoder"],
+                "feature_set_id": r.meta["feature_set_id"],
+                "fold": r.meta.get("fold"),
+                "predictions_sha256": r.sha256,
+                "run_code_version": r.meta.get("code_version"),
+            }
+            for r in runs
+        ],
         feature_sets=fs_meta,
         counts={name: len(v) for name, v in rows.items()},
     )
@@ -328,7 +456,9 @@ def evaluate(store: Store, run_ids: Iterable[str] | None = None, cfg: EvalConfig
 
 # -- reading -----------------------------------------------------------------------------------
 
+
 def latest_eval_id(store: Store) -> str:
+    """The id of the most recently created evaluation; raises RadstoreError when the store has none."""
     evals = list_evaluations(store)
     if not evals:
         raise RadstoreError(f"no evaluation in {store.url} yet (radstore evaluate --store {store.url} --all)")
@@ -347,7 +477,15 @@ def results_table(metrics: pa.Table, primary_only: bool = True) -> list[dict]:
     for m in metrics.to_pylist():
         if primary_only and not m["primary"]:
             continue
-        rows.append({"task": m["task"], "head": m["head"], "encoder": m["encoder"],
-                     "fold": "" if m["fold"] is None else m["fold"], "metric": m["metric"],
-                     "value [95% CI]": f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]", "n": m["n"]})
+        rows.append(
+            {
+                "task": m["task"],
+                "head": m["head"],
+                "encoder": m["encoder"],
+                "fold": "" if m["fold"] is None else m["fold"],
+                "metric": m["metric"],
+                "value [95% CI]": f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
+                "n": m["n"],
+            }
+        )
     return sorted(rows, key=lambda r: (r["task"], r["head"], str(r["fold"]), r["encoder"]))

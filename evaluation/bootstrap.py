@@ -10,8 +10,8 @@ the jackknife is defined.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -22,6 +22,9 @@ METHODS = ("percentile", "bca")
 
 @dataclass(frozen=True)
 class CI:
+    """A metric's value on all images with its bootstrap interval, and what reproduces it (images,
+    resamples, seed, method); low and high are NaN where the interval is undefined."""
+
     value: float
     low: float
     high: float
@@ -32,10 +35,13 @@ class CI:
     confidence: float = 0.95
 
     def to_dict(self) -> dict:
+        """The interval as a plain dict of its fields, for json and table rows."""
         return asdict(self)
 
 
 def resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """The [resamples, n] image indices drawn with replacement from ``seed``: the same seed gives the
+    same matrix, which is what lets paired comparisons share their resamples."""
     return np.random.default_rng(seed).integers(0, n, (resamples, n))
 
 

@@ -21,6 +21,9 @@ from evaluation.bootstrap import Metric, resample_indices
 
 @dataclass(frozen=True)
 class Difference:
+    """A paired comparison: each encoder's metric, their difference with its bootstrap interval, and
+    the two-sided p (NaN when the metric is undefined on every resample)."""
+
     a: float
     b: float
     diff: float  # a - b
@@ -31,8 +34,16 @@ class Difference:
     seed: int
 
 
-def paired_bootstrap(metric: Metric, arrays_a: tuple, arrays_b: tuple, *, resamples: int = 2000, seed: int = 0,
-                     confidence: float = 0.95, idx: np.ndarray | None = None) -> Difference:
+def paired_bootstrap(
+    metric: Metric,
+    arrays_a: tuple,
+    arrays_b: tuple,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    idx: np.ndarray | None = None,
+) -> Difference:
     """``metric(A) - metric(B)`` on the same images, both resampled with the same indices."""
     n = len(arrays_a[0])
     if len(arrays_b[0]) != n:
@@ -80,8 +91,14 @@ def delong(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str,
     else:
         z = diff / np.sqrt(var)
         p = 2 * stats.norm.sf(abs(z))
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "var_a": float(cov[0, 0]), "var_b": float(cov[1, 1]),
-            "z": float(z), "p": float(p)}
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "var_a": float(cov[0, 0]),
+        "var_b": float(cov[1, 1]),
+        "z": float(z),
+        "p": float(p),
+    }
 
 
 def adjust(p: np.ndarray, method: str) -> np.ndarray:

@@ -30,5 +30,3 @@ class EvalConfig:
             raise RadstoreError(f"empty_both must be one of {EMPTY_CONVENTIONS}, got {self.empty_both!r}")
         if self.resamples < 100:
             raise RadstoreError(f"resamples={self.resamples}: use at least 100 for a 95% interval")
-
-

@@ -24,6 +24,7 @@ EMPTY_CONVENTIONS = ("one", "nan", "zero")
 
 
 def identity_index(n: int) -> np.ndarray:
+    """The [1, n] index matrix of the plain metric: one row holding every image once."""
     return np.arange(n)[None, :]
 
 
@@ -127,6 +128,8 @@ def average_precision(y: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.n
 
 
 def r2(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Coefficient of determination of each resample row, as ``r2_score``; NaN where a row's labels
+    are all equal."""
     yy, pp = y[idx], pred[idx]
     ss_res = ((yy - pp) ** 2).sum(1)
     ss_tot = ((yy - yy.mean(1, keepdims=True)) ** 2).sum(1)
@@ -135,6 +138,7 @@ def r2(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def mae(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Mean absolute error of each resample row, as ``mean_absolute_error``; lower is better."""
     return np.abs(y[idx] - pred[idx]).mean(1)
 
 
@@ -213,6 +217,7 @@ def register_metric(name: str, display: str, higher_is_better: bool, inputs: tup
 
 
 def get_metric(name: str) -> Metric:
+    """The registered metric ``name``; raises KeyError naming the registered ones otherwise."""
     if name not in METRICS:
         raise KeyError(f"unknown metric {name!r}; registered: {', '.join(METRICS)}")
     return METRICS[name]

@@ -57,10 +57,21 @@ def _features(store: Store) -> pa.Table:
     rows = []
     for fs in store.feature_sets():
         s = fs.spec
-        rows.append({"feature_set_id": fs.id, "encoder": s.encoder, "weights": str(s.labels.get("weights", "")),
-                     "weights_fingerprint": s.weights_fingerprint, "channels": s.grid[0], "grid_h": s.grid[1],
-                     "grid_w": s.grid[2], "global_dim": s.global_dim, "dtype": s.dtype, "shard_images": s.shard_images,
-                     "preprocessing": str(s.preprocessing)})
+        rows.append(
+            {
+                "feature_set_id": fs.id,
+                "encoder": s.encoder,
+                "weights": str(s.labels.get("weights", "")),
+                "weights_fingerprint": s.weights_fingerprint,
+                "channels": s.grid[0],
+                "grid_h": s.grid[1],
+                "grid_w": s.grid[2],
+                "global_dim": s.global_dim,
+                "dtype": s.dtype,
+                "shard_images": s.shard_images,
+                "preprocessing": str(s.preprocessing),
+            }
+        )
     return pa.Table.from_pylist(rows, schema=layout.FEATURES_VIEW_SCHEMA)
 
 
@@ -73,10 +84,20 @@ def _runs(store: Store) -> pa.Table:
 
 
 def _evaluations(evals: list) -> pa.Table:
-    rows = [{"eval_id": e.eval_id, "created_at": e.created, "code_version": e.code_version,
-             "store_format_version": e.store_format_version, "runs": len(e.runs),
-             "resamples": e.config["resamples"], "seed": e.config["seed"], "method": e.config["method"],
-             "empty_both": e.config["empty_both"]} for e in evals]
+    rows = [
+        {
+            "eval_id": e.eval_id,
+            "created_at": e.created,
+            "code_version": e.code_version,
+            "store_format_version": e.store_format_version,
+            "runs": len(e.runs),
+            "resamples": e.config["resamples"],
+            "seed": e.config["seed"],
+            "method": e.config["method"],
+            "empty_both": e.config["empty_both"],
+        }
+        for e in evals
+    ]
     return pa.Table.from_pylist(rows, schema=layout.EVALUATIONS_VIEW_SCHEMA)
 
 
@@ -88,8 +109,9 @@ def _predictions(store: Store, run_ids: list[str]) -> ds.Dataset | pa.Table:
     if not paths:
         return schema.empty_table()
     part = ds.partitioning(pa.schema([("run_id", pa.string())]))
-    return ds.dataset(paths, schema=schema, format="parquet", filesystem=_filesystem(store), partitioning=part,
-                      partition_base_dir=runs_root(store))
+    return ds.dataset(
+        paths, schema=schema, format="parquet", filesystem=_filesystem(store), partitioning=part, partition_base_dir=runs_root(store)
+    )
 
 
 def connect(store: Store | str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
@@ -102,25 +124,35 @@ def connect(store: Store | str, con: duckdb.DuckDBPyConnection | None = None) ->
     selects = []
     for i, fs in enumerate(store.feature_sets()):
         con.register(f"_cls_{i}", _dataset(store, fs.cls_parts(), fs.cls_schema))
-        selects.append(f"SELECT '{fs.id}' AS feature_set_id, image_id, row, shard, CAST(cls AS FLOAT[]) AS cls, sha256, "
-                       f"extracted_at FROM _cls_{i} QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY row) = 1")
+        selects.append(
+            f"SELECT '{fs.id}' AS feature_set_id, image_id, row, shard, CAST(cls AS FLOAT[]) AS cls, sha256, "
+            f"extracted_at FROM _cls_{i} QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY row) = 1"
+        )
     if not selects:
         con.register("_cls_empty", layout.cls_schema(1).empty_table())
-        selects.append("SELECT '' AS feature_set_id, image_id, row, shard, CAST(cls AS FLOAT[]) AS cls, sha256, extracted_at FROM _cls_empty")
+        selects.append(
+            "SELECT '' AS feature_set_id, image_id, row, shard, CAST(cls AS FLOAT[]) AS cls, sha256, extracted_at FROM _cls_empty"
+        )
     con.execute("CREATE OR REPLACE VIEW cls AS " + " UNION ALL ".join(selects))
-    con.execute("CREATE OR REPLACE VIEW features AS SELECT f.*, coalesce(c.images, 0) AS images FROM _features f "
-                "LEFT JOIN (SELECT feature_set_id, count(*) AS images FROM cls GROUP BY 1) c USING (feature_set_id)")
+    con.execute(
+        "CREATE OR REPLACE VIEW features AS SELECT f.*, coalesce(c.images, 0) AS images FROM _features f "
+        "LEFT JOIN (SELECT feature_set_id, count(*) AS images FROM cls GROUP BY 1) c USING (feature_set_id)"
+    )
     runs = _runs(store)
     con.register("runs", runs)
     con.register("_predictions", _predictions(store, runs.column("run_id").to_pylist()))
-    con.execute("CREATE OR REPLACE VIEW predictions AS SELECT p.*, r.task, r.task_kind, r.head, r.encoder, r.feature_set_id, "
-                "r.fold FROM _predictions p JOIN runs r USING (run_id)")
+    con.execute(
+        "CREATE OR REPLACE VIEW predictions AS SELECT p.*, r.task, r.task_kind, r.head, r.encoder, r.feature_set_id, "
+        "r.fold FROM _predictions p JOIN runs r USING (run_id)"
+    )
     evals = list_evaluations(store)
     con.register("evaluations", _evaluations(evals))
     for name, schema in layout.EVAL_TABLES.items():
         con.register(name, _dataset(store, evaluation_table_paths(store, [e.eval_id for e in evals], name), schema))
-    con.execute("CREATE OR REPLACE VIEW latest AS SELECT * FROM metrics QUALIFY row_number() OVER "
-                "(PARTITION BY task, head, encoder, feature_set_id, fold, metric ORDER BY created_at DESC, eval_id DESC) = 1")
+    con.execute(
+        "CREATE OR REPLACE VIEW latest AS SELECT * FROM metrics QUALIFY row_number() OVER "
+        "(PARTITION BY task, head, encoder, feature_set_id, fold, metric ORDER BY created_at DESC, eval_id DESC) = 1"
+    )
     return con
 
 

@@ -29,6 +29,5 @@ class ExtractConfig:
     progress: bool = True
 
     def to_json(self) -> dict[str, Any]:
+        """Every field as a plain json-ready dict; ``ExtractConfig(**d)`` rebuilds the same configuration."""
         return asdict(self)
-
-

@@ -11,23 +11,26 @@ import contextlib
 import dataclasses
 import functools
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featurestore.encoders import Encoder, load_encoder
 from featurestore.config import DEVICES, ExtractConfig
+from featurestore.encoders import Encoder, load_encoder
 from featurestore.errors import ImageReadError
 from featurestore.featureset import FeatureSet
 from featurestore.imageio import read_image
 from featurestore.manifest import load_manifest
 from featurestore.store import Store
 
+
 @dataclass
 class ExtractResult:
+    """What one extraction did: images embedded, images skipped as already committed, images that
+    failed with their reason, and the seconds it took."""
+
     feature_set_id: str
     done: int = 0
     skipped: int = 0
@@ -36,9 +39,11 @@ class ExtractResult:
 
     @property
     def images_per_s(self) -> float:
+        """Images embedded per second (0 when no time was recorded)."""
         return self.done / self.seconds if self.seconds > 0 else 0.0
 
-    def merge(self, other: "ExtractResult") -> "ExtractResult":
+    def merge(self, other: ExtractResult) -> ExtractResult:
+        """Add ``other``'s counts, failures and seconds to this result (in place) and return it."""
         self.done += other.done
         self.skipped += other.skipped
         self.failed.extend(other.failed)
@@ -46,6 +51,7 @@ class ExtractResult:
         return self
 
     def summary(self) -> str:
+        """One line for people: counts and throughput."""
         return (
             f"feature set {self.feature_set_id}: {self.done} extracted, {self.skipped} already there, "
             f"{len(self.failed)} failed, {self.images_per_s:.1f} images/s"
@@ -54,6 +60,10 @@ class ExtractResult:
 
 @dataclass(frozen=True)
 class Plan:
+    """The images left to extract, split into groups of at most one shard each, with the shard
+    allocated to each group; ``skipped`` counts manifest rows left out (already committed, or a
+    repeated id)."""
+
     feature_set_id: str
     groups: list[list[str]]  # each at most one shard of image_ids
     shards: list[int]  # the shard allocated to each group
@@ -61,6 +71,8 @@ class Plan:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for a ``--device`` choice; ``auto`` prefers CUDA, then MPS, then the CPU.
+    Raises ValueError for a name outside DEVICES."""
     if name not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
     if name == "auto":
@@ -79,10 +91,13 @@ def _cached_encoder(name: str, weights: str | None, size: int | None, bits: int 
 
 
 def encoder_for(cfg: ExtractConfig) -> Encoder:
+    """The encoder ``cfg`` names, loaded and moved to its device once per process and reused."""
     return _cached_encoder(cfg.encoder, cfg.weights, cfg.size, cfg.bits, str(resolve_device(cfg.device)))
 
 
 def feature_set_for(store: Store, cfg: ExtractConfig) -> FeatureSet:
+    """The feature set ``cfg``'s embeddings go into, created on first use (its shard size applies
+    only then: an existing feature set keeps its own)."""
     spec = encoder_for(cfg).spec(cfg.dtype)
     if cfg.shard_images:
         spec = dataclasses.replace(spec, shard_images=cfg.shard_images)
@@ -147,7 +162,10 @@ def extract_group(
     enc = encoder_for(cfg)
     fs = feature_set_for(store, cfg)
     manifest = load_manifest(manifest_url)
-    rows = {r["image_id"]: r for r in manifest.table.select([c for c in ("image_id", "path", "format") if c in manifest.table.column_names]).to_pylist()}
+    rows = {
+        r["image_id"]: r
+        for r in manifest.table.select([c for c in ("image_id", "path", "format") if c in manifest.table.column_names]).to_pylist()
+    }
     wanted = list(rows) if image_ids is None else image_ids
     result = ExtractResult(fs.id)
     t0 = time.perf_counter()
@@ -177,7 +195,9 @@ def extract_group(
                     out = enc.embed(x)
                 # Cast on the device: the store keeps float16, and numpy's cast is slow.
                 patches = out.patches.to(getattr(torch, cfg.dtype))
-                writer.write(batch["ids"], out.global_.float(), patches, sha256=batch["sha256"], extras={k: v.float() for k, v in out.extras.items()})
+                writer.write(
+                    batch["ids"], out.global_.float(), patches, sha256=batch["sha256"], extras={k: v.float() for k, v in out.extras.items()}
+                )
                 result.done += len(batch["ids"])
         bar.close()
     if result.failed:
@@ -192,11 +212,11 @@ def extract(manifest_url: str, store: Store, cfg: ExtractConfig) -> ExtractResul
 
 
 def stack_results(results: list[ExtractResult], wall_seconds: float | None = None) -> ExtractResult:
+    """One result for several groups: counts and failures summed; ``wall_seconds`` replaces the summed
+    seconds when the groups ran concurrently."""
     out = ExtractResult(results[0].feature_set_id if results else "")
     for r in results:
         out.merge(r)
     if wall_seconds is not None:
         out.seconds = wall_seconds
     return out
-
-

@@ -27,6 +27,9 @@ _EXT = {".dcm": "dicom", ".dicom": "dicom", ".png": "png", ".jpg": "jpeg", ".jpe
 
 @dataclass(frozen=True)
 class ImageMeta:
+    """What ingest records about an image file: its decoded size and bit depth, photometric
+    interpretation, and the sha256 and size of the file's bytes."""
+
     uri: str
     format: str
     height: int
@@ -39,6 +42,8 @@ class ImageMeta:
 
 @dataclass(frozen=True)
 class LoadedImage:
+    """A decoded image: float32 [H, W] pixels in [0, 1] (bright = dense) and its metadata."""
+
     pixels: np.ndarray  # float32 [H, W] in [0, 1]
     meta: ImageMeta
 
@@ -60,6 +65,8 @@ def sniff_format(data: bytes, uri: str = "") -> str | None:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The whole file at ``uri`` (a path or fsspec URL); a missing file or a directory raises
+    ImageReadError."""
     try:
         with fsspec.open(uri, "rb") as f:
             return f.read()
@@ -70,6 +77,7 @@ def read_bytes(uri: str) -> bytes:
 
 
 def sha256_of(data: bytes) -> str:
+    """Hex sha256 of an image file's bytes: how ingest tells a changed image from the one indexed."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -86,7 +94,9 @@ def read_image(uri: str, data: bytes | None = None, format: str | None = None) -
     if fmt == "jpg":
         fmt = "jpeg"
     if fmt not in FORMATS:
-        raise ImageReadError(uri, f"unsupported or unrecognised image format ({format or 'no format given'}); supported: {', '.join(FORMATS)}")
+        raise ImageReadError(
+            uri, f"unsupported or unrecognised image format ({format or 'no format given'}); supported: {', '.join(FORMATS)}"
+        )
     try:
         if fmt == "dicom":
             pixels, bits, photometric = _decode_dicom(data)

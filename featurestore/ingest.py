@@ -24,15 +24,20 @@ from featurestore.store import Store
 
 @dataclass
 class IngestReport:
+    """The outcome of one ingest: image_ids added and unchanged, and (image_id, path, reason) of each
+    row that was not ingested."""
+
     added: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (image_id, path, reason)
 
     @property
     def ok(self) -> bool:
+        """True when every row was ingested or already indexed (no row failed)."""
         return not self.failed
 
     def summary(self) -> str:
+        """One line of counts: added, unchanged, failed."""
         return f"ingested {len(self.added)} new, {len(self.unchanged)} unchanged, {len(self.failed)} failed"
 
 
@@ -87,7 +92,9 @@ def ingest(manifest_url: str, store: Store, *, workers: int = 0, progress: bool 
             report.failed.append(("", str(r.get("path")), f"manifest row {i} has an empty image_id"))
         elif counts[iid] > 1:
             where = [j for j, x in enumerate(rows) if x["image_id"] == iid]
-            report.failed.append((iid, str(r.get("path")), f"duplicate image_id in manifest (rows {', '.join(map(str, where))}); none of them ingested"))
+            report.failed.append(
+                (iid, str(r.get("path")), f"duplicate image_id in manifest (rows {', '.join(map(str, where))}); none of them ingested")
+            )
         else:
             todo.append(r)
 

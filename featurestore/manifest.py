@@ -78,6 +78,6 @@ def load_manifest(url: str, required: tuple[str, ...] = REQUIRED_FOR_INGEST) -> 
             table = table.set_column(table.schema.get_field_index(col), col, table.column(col).cast(pa.string()))
     fs, path = fsspec.core.url_to_fs(url)
     base = posixpath.dirname(path)
-    if not getattr(fs, "protocol", None) in ("file", ("file", "local")) and "://" in url:
+    if getattr(fs, "protocol", None) not in ("file", ("file", "local")) and "://" in url:
         base = url.rsplit("/", 1)[0]
     return Manifest(url=url, table=table, base=base)

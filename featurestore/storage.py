@@ -37,9 +37,12 @@ class Location:
         return f"Location({self.url!r})"
 
     def path(self, *parts: str) -> str:
+        """Full path of ``parts`` under the root (in the filesystem's own form, no protocol); empty parts
+        are skipped."""
         return "/".join([self.root, *[p.strip("/") for p in parts if p]])
 
-    def child(self, *parts: str) -> "Location":
+    def child(self, *parts: str) -> Location:
+        """A Location rooted at ``parts`` under this one, with the same filesystem and options."""
         sub = "/".join(p.strip("/") for p in parts)
         if self.is_local:
             return Location(self.path(sub))
@@ -47,12 +50,15 @@ class Location:
 
     # -- objects --------------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
+        """Whether the object or directory exists; on object stores the listing cache is dropped first, so
+        another process's commit is seen."""
         path = self.path(*parts)
         if not self.is_local:
             self.fs.invalidate_cache(path)
         return self.fs.exists(path)
 
     def read_bytes(self, *parts: str) -> bytes:
+        """The whole object (FileNotFoundError if it does not exist)."""
         return self.fs.cat_file(self.path(*parts))
 
     def write_atomic(self, data: bytes | Sequence[Any], *parts: str) -> str:
@@ -147,6 +153,7 @@ class Location:
         return sorted(out)
 
     def du(self, *parts: str) -> int:
+        """Total bytes under ``parts`` (0 when missing)."""
         try:
             return int(self.fs.du(self.path(*parts), total=True))
         except FileNotFoundError:
@@ -154,18 +161,24 @@ class Location:
 
     # -- formats --------------------------------------------------------------------------
     def read_json(self, *parts: str) -> dict:
+        """Parse one json object."""
         return json.loads(self.read_bytes(*parts))
 
     def write_json(self, obj: dict, *parts: str) -> str:
+        """Write ``obj`` as indented json with sorted keys, atomically; returns the full path."""
         return self.write_atomic(json.dumps(obj, indent=2, sort_keys=True).encode(), *parts)
 
     def write_parquet(self, table: pa.Table, *parts: str, dictionary_columns: list[str] | None = None) -> str:
+        """Write one zstd Parquet object atomically, dictionary-encoding only ``dictionary_columns``;
+        returns the full path."""
         # Dictionary-encode only the key-like columns: on embeddings it bloats and slows.
         buf = io.BytesIO()
         pq.write_table(table, buf, use_dictionary=dictionary_columns or False, compression="zstd")
         return self.write_atomic(buf.getvalue(), *parts)
 
     def read_parquet(self, paths: list[str], columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        """Read the Parquet objects ``paths`` (full paths) as one table; with no paths, an empty table of
+        ``schema`` (ValueError without one)."""
         if not paths:
             if schema is None:
                 raise ValueError("no parquet parts and no schema")
@@ -179,6 +192,7 @@ class Location:
 
     # -- zarr -----------------------------------------------------------------------------
     def zarr_store(self, *parts: str, read_only: bool = False) -> zarr.abc.store.Store:
+        """A zarr store at ``parts`` on this location's filesystem (local or fsspec)."""
         if self.is_local:
             return zarr.storage.LocalStore(self.path(*parts), read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self._url_of(self.path(*parts)), storage_options=self.storage_options, read_only=read_only)

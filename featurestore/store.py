@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -22,13 +22,17 @@ class Store:
 
     @property
     def url(self) -> str:
+        """The URL the store was opened with."""
         return self.loc.url
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 
     @classmethod
-    def open(cls, url: str, *, create: bool = False, storage_options: dict[str, Any] | None = None) -> "Store":
+    def open(cls, url: str, *, create: bool = False, storage_options: dict[str, Any] | None = None) -> Store:
+        """Open the store at ``url`` (a directory or fsspec URL); ``create=True`` starts one where there is
+        nothing. Raises RadstoreError for a missing store, a foreign or newer format, or a non-empty
+        local directory that is not a store."""
         loc = Location(url, storage_options)
         if loc.exists(layout.STORE_JSON):
             meta = loc.read_json(layout.STORE_JSON)
@@ -46,7 +50,7 @@ class Store:
         meta = {
             "format": layout.FORMAT_NAME,
             "format_version": layout.FORMAT_VERSION,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "created_by": f"radstore {__version__}",
         }
         loc.write_json(meta, layout.STORE_JSON)
@@ -59,21 +63,26 @@ class Store:
         return layout.keep_first(t.sort_by([("ingested_at", "ascending")]))
 
     def append_images(self, table: pa.Table) -> str | None:
+        """Add rows to the image index as one new part; returns its path, or None for an empty table."""
         if table.num_rows == 0:
             return None
-        return self.loc.write_parquet(table.cast(layout.IMAGES_SCHEMA), layout.IMAGES_DIR, layout.part_name(),
-                                      dictionary_columns=layout.IMAGES_DICTIONARY_COLUMNS)
+        return self.loc.write_parquet(
+            table.cast(layout.IMAGES_SCHEMA), layout.IMAGES_DIR, layout.part_name(), dictionary_columns=layout.IMAGES_DICTIONARY_COLUMNS
+        )
 
     def append_ingest_errors(self, table: pa.Table) -> str | None:
+        """Record rows that ingest rejected, as one new part; returns its path, or None for an empty table."""
         if table.num_rows == 0:
             return None
         return self.loc.write_parquet(table.cast(layout.INGEST_ERRORS_SCHEMA), layout.INGEST_ERRORS_DIR, layout.part_name())
 
     def ingest_errors(self) -> pa.Table:
+        """Every row ingest rejected, across all ingests (empty table of the schema when none)."""
         return self.loc.read_parquet(self.loc.list(layout.INGEST_ERRORS_DIR, suffix=".parquet"), schema=layout.INGEST_ERRORS_SCHEMA)
 
     # -- feature sets -----------------------------------------------------------------------
     def feature_set_ids(self) -> list[str]:
+        """Ids of the feature sets whose ``feature_set.json`` exists (created, not half-written)."""
         out = []
         for p in self.loc.list(layout.FEATURES_DIR):
             fid = p.rstrip("/").rsplit("/", 1)[-1]
@@ -82,9 +91,11 @@ class Store:
         return out
 
     def feature_sets(self) -> list[FeatureSet]:
+        """Every feature set of the store, opened."""
         return [self.feature_set(f) for f in self.feature_set_ids()]
 
     def feature_set(self, feature_set_id: str) -> FeatureSet:
+        """Open one feature set; raises FeatureSetNotFound listing the known ids."""
         loc = self.loc.child(layout.FEATURES_DIR, feature_set_id)
         if not loc.exists(layout.FEATURE_SET_JSON):
             known = ", ".join(self.feature_set_ids()) or "none"
@@ -98,6 +109,8 @@ class Store:
 
     # -- summary ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
+        """What ``radstore store info`` prints: image and ingest-error counts, each feature set's info and
+        the bytes the store takes."""
         images = self.images()
         fmt_counts: dict[str, int] = {}
         for f in images.column("format").to_pylist():

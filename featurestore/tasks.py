@@ -62,10 +62,12 @@ class TaskDef:
 
     @property
     def spec(self) -> TaskKind:
+        """The task's kind; raises RadstoreError if the kind is not registered."""
         return get_kind(self.kind)
 
     @property
     def input(self) -> str:
+        """The embedding the task's heads read: "global" or "patches" (from its kind)."""
         return self.spec.input
 
 
@@ -91,12 +93,14 @@ def register_task(task: TaskDef) -> TaskDef:
 
 
 def get_kind(name: str) -> TaskKind:
+    """The registered task kind ``name``; raises RadstoreError listing the known kinds otherwise."""
     if name not in TASK_KINDS:
         raise RadstoreError(f"unknown task kind {name!r}; known: {', '.join(TASK_KINDS)}")
     return TASK_KINDS[name]
 
 
 def get_task(name: str) -> TaskDef:
+    """The registered task ``name``; raises RadstoreError listing the registered tasks otherwise."""
     if name not in TASKS:
         raise RadstoreError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
     return TASKS[name]

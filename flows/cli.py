@@ -71,6 +71,8 @@ def _human(n: float) -> str:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """``radstore synth``: write a synthetic cohort (and optionally its preview), print the manifest's
+    path; exits 0."""
     from featurestore.preview import contact_sheet
     from featurestore.synth.cohort import SynthConfig, synthesize
 
@@ -84,6 +86,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    """``radstore preview``: draw a manifest's contact sheet and print its path; exits 0."""
     from featurestore.preview import contact_sheet
 
     print(f"preview: {contact_sheet(args.manifest, args.out, n=args.n)}")
@@ -91,6 +94,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    """``radstore ingest``: index a manifest's images, print the counts; exits 1 if any image failed."""
     from featurestore.ingest import ingest
     from featurestore.store import Store
 
@@ -104,6 +108,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_encoders(args: argparse.Namespace) -> int:
+    """``radstore encoders``: print the table of registered encoders; exits 0."""
     from featurestore.encoders.registry import readme_table
 
     print(readme_table(), end="")
@@ -111,14 +116,28 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
+    """``radstore tasks``: print every task with its kind, column, metrics and heads; exits 0."""
     from featurestore.tasks import TASKS
 
-    print_rows([{"task": t.name, "kind": t.kind, "column": t.column, "input": t.input, "metrics": ", ".join(t.spec.metrics),
-                 "heads": ", ".join(t.spec.heads)} for t in TASKS.values()])
+    print_rows(
+        [
+            {
+                "task": t.name,
+                "kind": t.kind,
+                "column": t.column,
+                "input": t.input,
+                "metrics": ", ".join(t.spec.metrics),
+                "heads": ", ".join(t.spec.heads),
+            }
+            for t in TASKS.values()
+        ]
+    )
     return EXIT_OK
 
 
 def cmd_store_info(args: argparse.Namespace) -> int:
+    """``radstore store info``: print the store's images and feature sets with sizes (``--json``: the
+    raw summary); exits 0."""
     from featurestore.store import Store
 
     s = Store.open(args.store).summary()
@@ -143,6 +162,8 @@ def cmd_store_info(args: argparse.Namespace) -> int:
 
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
+    """``radstore store verify``: print each feature set's state; exits 1 if a committed image lacks
+    its grid."""
     from featurestore.store import Store
 
     store = Store.open(args.store)
@@ -156,15 +177,16 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    """``radstore extract``: run the extraction flow, print its message and the feature set id; exits 1
+    if images failed, 2 if the flow did."""
     from featurestore.encoders import preflight
     from featurestore.manifest import load_manifest
 
     # Fail in one line, before Prefect starts, on what a user must fix (weights, manifest).
     preflight(args.encoder, args.weights)
     load_manifest(args.manifest)
-    from flows.extract import run_extraction
-
     from featurestore.config import ExtractConfig
+    from flows.extract import run_extraction
 
     opts = config_values(args, ExtractConfig, EXTRACT_OPTIONS)
     state = run_extraction(args.runner, manifest=args.manifest, store=args.store, encoder=args.encoder, **opts)
@@ -195,6 +217,7 @@ def _train_config(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``radstore train``: train one head or the grid of task x head x fold, print each run id; exits 0."""
     from featurestore.store import Store
     from featurestore.tasks import TASKS, all_heads, get_task
 
@@ -213,12 +236,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_OK
     from flows.train import train_grid
 
-    for run_id in train_grid(args.store, args.feature_set, tasks, heads, folds if folds != [None] else None, args.manifest, _train_config(args)):
+    for run_id in train_grid(
+        args.store, args.feature_set, tasks, heads, folds if folds != [None] else None, args.manifest, _train_config(args)
+    ):
         print(run_id)
     return EXIT_OK
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """``radstore runs``: print every run, oldest first, with its epochs and test metrics; exits 0."""
     from featurestore.layout.records import list_runs
     from featurestore.store import Store
 
@@ -253,6 +279,7 @@ def _eval_config(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``radstore evaluate``: evaluate the runs, print the results table and the evaluation id; exits 0."""
     from evaluation.artifacts import EvalConfig, read_evaluation, results_table, select_runs
     from featurestore.store import Store
 
@@ -270,6 +297,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    """``radstore query``: run SQL over the store, print the rows or write them to ``--out``; exits 0."""
     from evaluation.query import query, write_result
 
     table = query(args.store, args.sql)
@@ -284,6 +312,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``radstore report``: write the HTML report of an evaluation and print its path; exits 0."""
     from evaluation.report import write_report
     from featurestore.store import Store
 
@@ -299,6 +328,8 @@ def _study_config(args: argparse.Namespace):
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    """``radstore study``: run the whole study, print its results and what each stage did; exits 1 if
+    any image failed to extract."""
     from evaluation.artifacts import read_evaluation, results_table
     from featurestore.encoders import get_encoder
     from featurestore.store import Store
@@ -313,8 +344,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     print()
     for enc, e in out["extracted"].items():
         weights = e["weights"] or ("found locally" if get_encoder(enc).needs_weights else "none needed")
-        print(f"{enc:12s} weights={weights}  {e['done']} new, {e['skipped']} reused, {e['failed']} failed"
-              f"  -> {out['feature_sets'][enc]}")
+        print(f"{enc:12s} weights={weights}  {e['done']} new, {e['skipped']} reused, {e['failed']} failed  -> {out['feature_sets'][enc]}")
     print(f"training: {out['trained']} run(s) trained, {out['reused']} reused")
     print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in out["timings"].items()))
     print(f"evaluation: {out['eval_id']} ({'new version' if out['new_eval'] else 'inputs unchanged: existing version'})")
@@ -325,6 +355,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``radstore serve``: register the study's Prefect deployments and run them here until
+    interrupted; exits 0."""
     from flows.deployments import serve_all
 
     serve_all(_study_config(args), limit=args.limit)
@@ -340,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     from featurestore.tasks import TASKS, all_heads
     from heads.config import SEG_LOSSES, SOLVERS, TrainConfig
 
-    p = argparse.ArgumentParser(prog="radstore", description="Embedding feature store and evaluation pipeline for radiology foundation models.")
+    p = argparse.ArgumentParser(
+        prog="radstore", description="Embedding feature store and evaluation pipeline for radiology foundation models."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="write a synthetic chest X-ray cohort (DICOM/PNG, masks, manifest.parquet)")
@@ -369,9 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("extract", help="embed a manifest's images into a feature set (Prefect flow; backfills only what is missing)")
     s.add_argument("--manifest", required=True)
     s.add_argument("--store", required=True, help="store directory or fsspec URL (created if missing)")
-    s.add_argument("--encoder", required=True, choices=ENCODER_CHOICES, metavar="ENCODER",
-                   help="one of the registered encoders: %(choices)s (radstore encoders lists them)")
-    config_option(s, ExtractConfig, "weights", "model folder, 'random' or 'random:tiny' (default: $RADSTORE_WEIGHTS_DIR/<encoder>, then the HF cache)")
+    s.add_argument(
+        "--encoder",
+        required=True,
+        choices=ENCODER_CHOICES,
+        metavar="ENCODER",
+        help="one of the registered encoders: %(choices)s (radstore encoders lists them)",
+    )
+    config_option(
+        s, ExtractConfig, "weights", "model folder, 'random' or 'random:tiny' (default: $RADSTORE_WEIGHTS_DIR/<encoder>, then the HF cache)"
+    )
     config_option(s, ExtractConfig, "size", "input resolution (default: the encoder's own); another size is another feature set", type=int)
     config_option(s, ExtractConfig, "bits", "quantise to 8 bits (default, as HF processors) or keep 16", type=int, choices=BITS)
     config_option(s, ExtractConfig, "batch_size", "images per forward pass")
@@ -413,13 +454,21 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(s, EvalConfig, "resamples", "bootstrap resamples")
     config_option(s, EvalConfig, "seed", "seed of the bootstrap resamples")
     config_option(s, EvalConfig, "method", "confidence interval method", choices=METHODS)
-    config_option(s, EvalConfig, "empty_both", "Dice/IoU of an image with empty true and predicted masks: 1, left out, or 0",
-                  choices=EMPTY_CONVENTIONS)
+    config_option(
+        s,
+        EvalConfig,
+        "empty_both",
+        "Dice/IoU of an image with empty true and predicted masks: 1, left out, or 0",
+        choices=EMPTY_CONVENTIONS,
+    )
     config_option(s, EvalConfig, "threshold", "segmentation probability threshold")
     s.add_argument("--all-metrics", action="store_true", help="print every metric, not only each task's headline")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("query", help="SQL (DuckDB) over the store: images, features, cls, runs, predictions, evaluations, metrics, latest, comparisons, per_image, folds")
+    s = sub.add_parser(
+        "query",
+        help="SQL (DuckDB) over the store: images, features, cls, runs, predictions, evaluations, metrics, latest, comparisons, per_image, folds",
+    )
     s.add_argument("--store", required=True)
     s.add_argument("sql")
     s.add_argument("--out", default=None, help="write the result to FILE.csv or FILE.parquet instead of printing it")
@@ -464,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``radstore`` entry point: the command's exit status (0 ok, 1 partial, 2 error); a
+    RadstoreError is printed as one line, not a traceback."""
     from featurestore.errors import RadstoreError
 
     argv = list(sys.argv[1:] if argv is None else argv)

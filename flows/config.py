@@ -32,6 +32,9 @@ class EncoderEntry:
 
 @dataclass(frozen=True)
 class StudyConfig:
+    """The whole study: store, cohort, encoders, tasks, heads, folds and every stage's settings;
+    validated when built, so a bad value fails before any work starts."""
+
     store: str = "demo/store"  # directory or fsspec URL (s3://bucket/prefix)
     manifest: str = "demo/cohort/manifest.parquet"
     # fsspec options for an object store, e.g. {"endpoint_url": "http://minio:9000"}; credentials
@@ -82,6 +85,8 @@ class StudyConfig:
 
     @property
     def report_dir(self) -> str | None:
+        """Where the report goes: ``report`` if set, else ``report/`` beside a local store; None for a
+        remote store (no report unless one is asked for)."""
         if self.report:
             return self.report
         if "://" in self.store and not self.store.startswith("file://"):
@@ -89,6 +94,8 @@ class StudyConfig:
         return str(Path(self.store).parent / "report")
 
     def to_json(self) -> dict[str, Any]:
+        """The configuration as plain json (lists, not tuples): the study file's keys, and the parameters
+        the study flow and its deployments take."""
         d = asdict(self)
         d["encoders"] = [asdict(e) for e in self.encoders]
         d["tasks"], d["heads"] = list(self.tasks), list(self.heads)
@@ -96,7 +103,9 @@ class StudyConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "StudyConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> StudyConfig:
+        """Build from a parsed config file; unknown keys raise RadstoreError naming ``source`` and the known
+        keys, so a typo never falls back to a default."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -13,9 +13,9 @@ declares the same deployments for a work pool instead (infra/).
 
 from __future__ import annotations
 
-from flows import prefect_env  # noqa: F401
 from prefect.schedules import Cron
 
+from flows import prefect_env  # noqa: F401
 from flows.config import StudyConfig
 from flows.evaluate import evaluate_flow
 from flows.study import backfill, study
@@ -30,13 +30,25 @@ def deployments(cfg: StudyConfig) -> list:
     """The RunnerDeployments of one study config (not yet registered)."""
     params = {"config": cfg.to_json()}
     return [
-        backfill.to_deployment(name=BACKFILL, schedule=Cron(cfg.schedule, timezone=cfg.timezone),
-                               parameters={**params, "follow_on": FOLLOW_ON}, tags=["radstore", "nightly"],
-                               description="embed new images with every encoder, then start study/after-backfill"),
-        study.to_deployment(name=AFTER_BACKFILL, parameters=params, tags=["radstore"],
-                            description="train what changed, evaluate, report (started by the nightly backfill)"),
-        evaluate_flow.to_deployment(name=ON_DEMAND, parameters={"store": cfg.store, "storage_options": cfg.storage_options or None},
-                                    tags=["radstore"], description="evaluate the latest runs of the store"),
+        backfill.to_deployment(
+            name=BACKFILL,
+            schedule=Cron(cfg.schedule, timezone=cfg.timezone),
+            parameters={**params, "follow_on": FOLLOW_ON},
+            tags=["radstore", "nightly"],
+            description="embed new images with every encoder, then start study/after-backfill",
+        ),
+        study.to_deployment(
+            name=AFTER_BACKFILL,
+            parameters=params,
+            tags=["radstore"],
+            description="train what changed, evaluate, report (started by the nightly backfill)",
+        ),
+        evaluate_flow.to_deployment(
+            name=ON_DEMAND,
+            parameters={"store": cfg.store, "storage_options": cfg.storage_options or None},
+            tags=["radstore"],
+            description="evaluate the latest runs of the store",
+        ),
     ]
 
 

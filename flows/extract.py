@@ -10,15 +10,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flows import prefect_env  # noqa: F401  (sets Prefect defaults before prefect is imported)
 from prefect import flow, get_run_logger, task
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from featurestore.extract import ExtractConfig, ExtractResult, Plan, extract_group, plan, stack_results
 from featurestore.errors import RadstoreError
+from featurestore.extract import ExtractConfig, ExtractResult, Plan, extract_group, plan, stack_results
 from featurestore.store import Store
+from flows import prefect_env  # noqa: F401  (sets Prefect defaults before prefect is imported)
 
 
 def _transient(task, task_run, state) -> bool:
@@ -34,11 +34,17 @@ def _transient(task, task_run, state) -> bool:
 
 @task(name="plan-extraction", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
 def plan_task(manifest: str, store: str, cfg: ExtractConfig, storage_options: dict | None) -> Plan:
+    """Prefect task: plan the extraction (creating the store and the feature set if needed) and
+    allocate one shard per group, before any extraction task starts."""
     return plan(manifest, Store.open(store, create=True, storage_options=storage_options), cfg)
 
 
 @task(name="extract-group", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, task_run_name="extract-shard-{shard}")
-def extract_group_task(manifest: str, store: str, cfg: ExtractConfig, image_ids: list[str], shard: int, storage_options: dict | None) -> ExtractResult:
+def extract_group_task(
+    manifest: str, store: str, cfg: ExtractConfig, image_ids: list[str], shard: int, storage_options: dict | None
+) -> ExtractResult:
+    """Prefect task: extract one group into the shard the planner gave it, so concurrent tasks never
+    write the same shard."""
     st = Store.open(store, storage_options=storage_options)
     return extract_group(manifest, st, cfg, image_ids, shards=[shard], desc=f"shard {shard}")
 
@@ -46,9 +52,16 @@ def extract_group_task(manifest: str, store: str, cfg: ExtractConfig, image_ids:
 def _publish(result: ExtractResult, cfg: ExtractConfig) -> None:
     key = f"extract-{result.feature_set_id}".lower()
     rows = [
-        {"feature_set": result.feature_set_id, "encoder": cfg.encoder, "weights": cfg.weights or "default",
-         "done": result.done, "skipped": result.skipped, "failed": len(result.failed),
-         "images_per_s": round(result.images_per_s, 2), "seconds": round(result.seconds, 1)}
+        {
+            "feature_set": result.feature_set_id,
+            "encoder": cfg.encoder,
+            "weights": cfg.weights or "default",
+            "done": result.done,
+            "skipped": result.skipped,
+            "failed": len(result.failed),
+            "images_per_s": round(result.images_per_s, 2),
+            "seconds": round(result.seconds, 1),
+        }
     ]
     create_table_artifact(rows, key=key, description=f"extraction summary for {result.feature_set_id}")
     failed = "\n".join(f"- `{i}`: {r}" for i, r in result.failed[:50]) or "none"
@@ -76,20 +89,40 @@ def extract_embeddings(
 ) -> Any:
     """Embed every image of ``manifest`` not yet in the feature set; returns the summary dict."""
     logger = get_run_logger()
-    cfg = ExtractConfig(encoder=encoder, weights=weights, size=size, bits=bits, batch_size=batch_size,
-                        device=device, num_workers=num_workers, shard_images=shard_images, progress=True)
+    cfg = ExtractConfig(
+        encoder=encoder,
+        weights=weights,
+        size=size,
+        bits=bits,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        shard_images=shard_images,
+        progress=True,
+    )
     t0 = time.perf_counter()
     p = plan_task(manifest, store, cfg, storage_options)
-    logger.info("feature set %s: %d image(s) to extract in %d group(s), %d already committed",
-                p.feature_set_id, sum(map(len, p.groups)), len(p.groups), p.skipped)
+    logger.info(
+        "feature set %s: %d image(s) to extract in %d group(s), %d already committed",
+        p.feature_set_id,
+        sum(map(len, p.groups)),
+        len(p.groups),
+        p.skipped,
+    )
     futures = [extract_group_task.submit(manifest, store, cfg, g, s, storage_options) for g, s in zip(p.groups, p.shards)]
     results = [f.result() for f in futures]
     result = stack_results(results, wall_seconds=time.perf_counter() - t0) if results else ExtractResult(p.feature_set_id)
     result.feature_set_id = p.feature_set_id
     result.skipped += p.skipped
     _publish(result, cfg)
-    summary = {"feature_set_id": p.feature_set_id, "done": result.done, "skipped": result.skipped,
-               "failed": result.failed, "images_per_s": result.images_per_s, "seconds": result.seconds}
+    summary = {
+        "feature_set_id": p.feature_set_id,
+        "done": result.done,
+        "skipped": result.skipped,
+        "failed": result.failed,
+        "images_per_s": result.images_per_s,
+        "seconds": result.seconds,
+    }
     if result.failed:
         for image_id, reason in result.failed:
             logger.error("image_id=%s failed: %s", image_id, reason)

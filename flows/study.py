@@ -14,17 +14,16 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-
-from flows import prefect_env  # noqa: F401
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from featurestore.layout.records import list_runs
 from featurestore.store import Store
+from flows import prefect_env  # noqa: F401
 from flows.config import StudyConfig, load_config
 from flows.evaluate import evaluate_flow
 from flows.extract import run_extraction, task_runner_for
 from flows.train import grid_configs, train_task
-from featurestore.layout.records import list_runs
 from heads.runs import find_run
 from heads.train import TrainConfig
 
@@ -33,8 +32,9 @@ from heads.train import TrainConfig
 def ingest_task(manifest: str, store: str, storage_options: dict | None) -> dict:
     from featurestore.ingest import ingest
 
-    r = ingest(manifest, Store.open(store, create=True, storage_options=storage_options), progress=False,
-               log=lambda m: get_run_logger().error(m))
+    r = ingest(
+        manifest, Store.open(store, create=True, storage_options=storage_options), progress=False, log=lambda m: get_run_logger().error(m)
+    )
     return {"summary": r.summary(), "failed": len(r.failed)}
 
 
@@ -71,9 +71,19 @@ def report_task(store: str, out: str, eval_id: str, storage_options: dict | None
 
 
 def _extract(cfg: StudyConfig, enc, weights: str | None) -> dict:
-    state = run_extraction(cfg.runner, manifest=cfg.manifest, store=cfg.store, encoder=enc.name, weights=weights,
-                           size=enc.size, bits=enc.bits, batch_size=enc.batch_size, device=cfg.device,
-                           num_workers=cfg.num_workers, storage_options=cfg.storage_options or None)
+    state = run_extraction(
+        cfg.runner,
+        manifest=cfg.manifest,
+        store=cfg.store,
+        encoder=enc.name,
+        weights=weights,
+        size=enc.size,
+        bits=enc.bits,
+        batch_size=enc.batch_size,
+        device=cfg.device,
+        num_workers=cfg.num_workers,
+        storage_options=cfg.storage_options or None,
+    )
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):
         raise out
@@ -96,8 +106,14 @@ def _embed_all(cfg: StudyConfig, timings: dict[str, float]) -> tuple[dict[str, s
         out = _extract(cfg, enc, weights)
         feature_sets[enc.name] = out["feature_set_id"]
         extracted[enc.name] = {"done": out["done"], "skipped": out["skipped"], "failed": len(out["failed"]), "weights": weights}
-        log.info("%s -> %s: %d new, %d already in the store, %d failed", enc.name, out["feature_set_id"],
-                 out["done"], out["skipped"], len(out["failed"]))
+        log.info(
+            "%s -> %s: %d new, %d already in the store, %d failed",
+            enc.name,
+            out["feature_set_id"],
+            out["done"],
+            out["skipped"],
+            len(out["failed"]),
+        )
     timings["extract"] = time.perf_counter() - t
     return feature_sets, extracted
 
@@ -124,8 +140,13 @@ def backfill(config: dict[str, Any] | None = None, follow_on: str | None = None,
         fr = run_deployment(follow_on, parameters={"config": cfg.to_json()}, timeout=0)
         follow = str(fr.id)
         get_run_logger().info("%d new embedding(s): started %s (flow run %s)", new, follow_on, follow)
-    return {"feature_sets": feature_sets, "extracted": extracted, "new": new, "follow_on_run": follow,
-            "timings": {k: round(v, 1) for k, v in timings.items()}}
+    return {
+        "feature_sets": feature_sets,
+        "extracted": extracted,
+        "new": new,
+        "follow_on_run": follow,
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+    }
 
 
 @flow(name="study", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -167,9 +188,18 @@ def study(config: dict[str, Any] | None = None, config_file: str | None = None) 
         report = report_task(cfg.store, cfg.report_dir, ev["eval_id"], so)
         timings["report"] = time.perf_counter() - t
         log.info("report: %s", report)
-    return {"timings": {k: round(v, 1) for k, v in timings.items()}, "feature_sets": feature_sets, "extracted": extracted,
-            "runs": run_ids, "trained": trained, "reused": reused, "eval_id": ev["eval_id"], "eval_path": ev["path"],
-            "new_eval": ev["created"], "report": report}
+    return {
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "feature_sets": feature_sets,
+        "extracted": extracted,
+        "runs": run_ids,
+        "trained": trained,
+        "reused": reused,
+        "eval_id": ev["eval_id"],
+        "eval_path": ev["path"],
+        "new_eval": ev["created"],
+        "report": report,
+    }
 
 
 def _train_on(runner, store: str, fsid: str, cfgs: list[TrainConfig], so: dict | None) -> list[str]:

@@ -8,21 +8,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows import prefect_env  # noqa: F401
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from featurestore.store import Store
 from featurestore.tasks import TASKS, all_heads
+from flows import prefect_env  # noqa: F401
 from heads.train import TrainConfig, train
 
 
 @task(name="train", task_run_name="train-{cfg.task}-{cfg.head}")
 def train_task(store: str, feature_set: str, cfg: TrainConfig, manifest: str | None, storage_options: dict | None) -> dict:
     r = train(Store.open(store, storage_options=storage_options), feature_set, cfg, manifest)
-    return {"run_id": r.run_id, "task": cfg.task, "head": cfg.head, "fold": cfg.fold, "epochs": r.epochs,
-            "best_epoch": r.best_epoch, "seconds": round(r.seconds, 1), **{k: round(v, 4) for k, v in r.test.items()}}
+    return {
+        "run_id": r.run_id,
+        "task": cfg.task,
+        "head": cfg.head,
+        "fold": cfg.fold,
+        "epochs": r.epochs,
+        "best_epoch": r.best_epoch,
+        "seconds": round(r.seconds, 1),
+        **{k: round(v, 4) for k, v in r.test.items()},
+    }
 
 
 def _publish(feature_set: str, rows: list[dict]) -> None:
@@ -30,8 +38,15 @@ def _publish(feature_set: str, rows: list[dict]) -> None:
 
 
 @flow(name="train-head", log_prints=True)
-def train_head(store: str, feature_set: str, task: str, head: str = "linear", manifest: str | None = None,
-               config: dict[str, Any] | None = None, storage_options: dict | None = None) -> str:
+def train_head(
+    store: str,
+    feature_set: str,
+    task: str,
+    head: str = "linear",
+    manifest: str | None = None,
+    config: dict[str, Any] | None = None,
+    storage_options: dict | None = None,
+) -> str:
     """Train one head; returns the run id. ``config`` holds any other TrainConfig field."""
     cfg = TrainConfig(task=task, head=head, **(config or {}))
     row = train_task(store, feature_set, cfg, manifest, storage_options)
@@ -40,7 +55,9 @@ def train_head(store: str, feature_set: str, task: str, head: str = "linear", ma
     return row["run_id"]
 
 
-def grid_configs(tasks: list[str] | None, heads: list[str] | None, folds: list[int | None] | None, base: dict | None = None) -> list[TrainConfig]:
+def grid_configs(
+    tasks: list[str] | None, heads: list[str] | None, folds: list[int | None] | None, base: dict | None = None
+) -> list[TrainConfig]:
     """Every (task, head, fold) that makes sense: a head only where its task kind takes it."""
     out = []
     for t in tasks or list(TASKS):
@@ -53,9 +70,16 @@ def grid_configs(tasks: list[str] | None, heads: list[str] | None, folds: list[i
 
 
 @flow(name="train-grid", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def train_grid(store: str, feature_set: str, tasks: list[str] | None = None, heads: list[str] | None = None,
-               folds: list[int] | None = None, manifest: str | None = None, config: dict[str, Any] | None = None,
-               storage_options: dict | None = None) -> list[str]:
+def train_grid(
+    store: str,
+    feature_set: str,
+    tasks: list[str] | None = None,
+    heads: list[str] | None = None,
+    folds: list[int] | None = None,
+    manifest: str | None = None,
+    config: dict[str, Any] | None = None,
+    storage_options: dict | None = None,
+) -> list[str]:
     """Train every head x task (x fold) for one feature set; returns the run ids."""
     cfgs = grid_configs(tasks, heads, folds, config)
     futures = [train_task.submit(store, feature_set, c, manifest, storage_options) for c in cfgs]

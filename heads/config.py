@@ -50,8 +50,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         kind = get_task(self.task).spec
         if self.head not in kind.heads:
-            raise RadstoreError(f"head {self.head!r} does not apply to task {self.task} ({kind.name}); "
-                                f"choose one of {', '.join(kind.heads)}")
+            raise RadstoreError(
+                f"head {self.head!r} does not apply to task {self.task} ({kind.name}); choose one of {', '.join(kind.heads)}"
+            )
         if self.solver not in SOLVERS:
             raise RadstoreError(f"solver must be one of {SOLVERS}")
         if self.seg_loss not in SEG_LOSSES:
@@ -63,8 +64,8 @@ class TrainConfig:
         object.__setattr__(self, "refiner_channels", tuple(self.refiner_channels))
 
     def to_json(self) -> dict[str, Any]:
+        """The fields as plain json (lists, not tuples): what a run records as its config, and what
+        ``find_run`` compares to reuse a run."""
         d = asdict(self)
         d["refiner_channels"] = list(self.refiner_channels)
         return d
-
-

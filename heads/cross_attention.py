@@ -30,6 +30,9 @@ from heads.registry import register_head
 
 
 class CrossAttentionSegHead(nn.Module):
+    """The study's segmentation head (layers in the module docstring): one mask logit per pixel at
+    ``target_size`` from the patch grid and the global vector."""
+
     def __init__(
         self,
         channels: int,
@@ -49,8 +52,12 @@ class CrossAttentionSegHead(nn.Module):
         self.patch_norm = nn.LayerNorm(channels)
         self.attn_size = attn_size
         self.refiner = nn.Sequential(
-            nn.Conv2d(channels, w0, 3, padding=1), nn.BatchNorm2d(w0), nn.ReLU(inplace=True),
-            nn.Conv2d(w0, w1, 3, padding=1), nn.BatchNorm2d(w1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, w0, 3, padding=1),
+            nn.BatchNorm2d(w0),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w0, w1, 3, padding=1),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(inplace=True),
         )
         self.kv = nn.Conv2d(w1, 2 * w1, 1)
         self.query = nn.Sequential(nn.LayerNorm(global_dim), nn.Linear(global_dim, w1))
@@ -60,6 +67,7 @@ class CrossAttentionSegHead(nn.Module):
         self.out = nn.Conv2d(w1 * (2 if fusion == "concat" else 1), 1, 1)
 
     def forward(self, g: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """``g`` [B, D] and ``patches`` [B, C, h, w] -> mask logits [B, target_size, target_size]."""
         x = self.patch_norm(patches.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = F.interpolate(x, size=(self.attn_size, self.attn_size), mode="bilinear", align_corners=False)
         x = self.refiner(x)  # [B, W1, A, A]

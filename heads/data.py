@@ -53,7 +53,8 @@ class Labels:
     values: np.ndarray  # float labels, or (segmentation) nothing useful
     mask_uris: list[str] | None
 
-    def subset(self, idx: np.ndarray) -> "Labels":
+    def subset(self, idx: np.ndarray) -> Labels:
+        """The rows at positions ``idx``, in that order (a split or a fold)."""
         return Labels(
             [self.image_ids[i] for i in idx],
             [self.patients[i] for i in idx],
@@ -64,6 +65,8 @@ class Labels:
 
 
 def manifests_of(store: Store) -> list[str]:
+    """The manifests the store's images were ingested from (where labels are read when none is given);
+    empty when nothing is ingested."""
     t = store.images()
     if t.num_rows == 0 or "manifest" not in t.column_names:
         return []
@@ -204,6 +207,9 @@ _FREE_REFS = _free_refs()
 
 @dataclass
 class Batch:
+    """One batch of :class:`StreamingLoader`: image ids, global vectors and patch grids (None when the
+    loader was not asked for them), and the targets."""
+
     ids: list[str]
     g: torch.Tensor | None  # [B, D] float32
     patches: torch.Tensor | None  # [B, C, H, W] float32
@@ -341,7 +347,7 @@ class StreamingLoader:
         # Read ahead: the next shards load in a thread while the caller computes on this batch.
         pool = ThreadPoolExecutor(1, thread_name_prefix="radstore-prefetch")
         ahead = [pool.submit(self._read, np.flatnonzero(self.shards == s)) for s in shard_ids[: self.prefetch]]
-        for c, s in enumerate(shard_ids):
+        for c, _s in enumerate(shard_ids):
             chunks[c] = ahead.pop(0).result()
             if c + self.prefetch < len(shard_ids):
                 ahead.append(pool.submit(self._read, np.flatnonzero(self.shards == shard_ids[c + self.prefetch])))

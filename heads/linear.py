@@ -31,10 +31,15 @@ class LinearProbe(nn.Module):
         self.register_buffer("y_std", torch.tensor(float(y_std)))
 
     def forward(self, g: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, out], or values on the target's own scale, from the global vector ``g``; ``patches``
+        is ignored."""
         return self.fc(self.norm(g)) * self.y_std + self.y_mean
 
 
 class LinearSegProbe(nn.Module):
+    """The linear segmentation probe: a 1x1 convolution of the standardised patch grid, its logits
+    upsampled bilinearly to ``target_size``."""
+
     def __init__(self, channels: int, target_size: int):
         super().__init__()
         self.norm = nn.BatchNorm2d(channels, affine=False)
@@ -42,6 +47,7 @@ class LinearSegProbe(nn.Module):
         self.target_size = target_size
 
     def forward(self, g: torch.Tensor | None, patches: torch.Tensor) -> torch.Tensor:
+        """Mask logits [B, target_size, target_size] from ``patches`` [B, C, h, w]; ``g`` is ignored."""
         logits = self.conv(self.norm(patches))
         return F.interpolate(logits, size=(self.target_size, self.target_size), mode="bilinear", align_corners=False)[:, 0]
 

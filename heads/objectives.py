@@ -37,11 +37,13 @@ OBJECTIVES: dict[str, Objective] = {}
 
 
 def register_objective(obj: Objective) -> Objective:
+    """Add ``obj`` under its name, replacing any objective of that name; returns it."""
     OBJECTIVES[obj.name] = obj
     return obj
 
 
 def get_objective(name: str) -> Objective:
+    """The registered objective ``name``; raises RadstoreError listing the registered ones otherwise."""
     if name not in OBJECTIVES:
         raise RadstoreError(f"unknown training objective {name!r}; registered: {', '.join(OBJECTIVES)}")
     return OBJECTIVES[name]

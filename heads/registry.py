@@ -20,6 +20,9 @@ _BUILTIN_MODULES = ("heads.linear", "heads.cross_attention")
 
 @dataclass(frozen=True)
 class HeadEntry:
+    """A registered head: its name, its builder, and whether a mask head also reads the global vector
+    (training then streams both embeddings)."""
+
     name: str
     build: Callable[..., Any]  # (kind, cfg, channels, global_dim, outputs, y_scale) -> nn.Module
     reads_global: bool  # a mask head that also reads the global vector (cross-attention)
@@ -46,11 +49,14 @@ def _load_builtins() -> None:
 
 
 def head_names() -> tuple[str, ...]:
+    """Every registered head, the built-in ones included (their modules are imported first)."""
     _load_builtins()
     return tuple(HEADS)
 
 
 def get_head(name: str) -> HeadEntry:
+    """The registered head ``name`` (built-ins loaded first); raises RadstoreError listing the heads
+    otherwise."""
     _load_builtins()
     if name not in HEADS:
         raise RadstoreError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")

@@ -7,7 +7,7 @@ decides what goes in them (the training config, the curve, the test predictions)
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ def save_run(store: Store, task: TaskDef, config: dict[str, Any], feature_set_id
     rec = RunRecord(
         run_id=new_run_id(task.name, config["head"], feature_set_id), task=task.name, task_kind=task.kind,
         head=config["head"], feature_set_id=feature_set_id, encoder=encoder, seed=config["seed"], fold=config["fold"],
-        config=config, code_version=code_version(), created_at=datetime.now(timezone.utc).isoformat(),
+        config=config, code_version=code_version(), created_at=datetime.now(UTC).isoformat(),
         best_epoch=best_epoch, epochs=len(curve), curve=curve, splits=splits, test_metrics=test_metrics,
     )  # fmt: skip
     masks = (pred, (y > 0.5).astype(np.uint8)) if kind.dense else None

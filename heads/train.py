@@ -13,27 +13,29 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from evaluation.metrics import get_metric, per_image_overlap
-from featurestore.errors import RadstoreError
 from featurestore.extract import resolve_device
 from featurestore.featureset import FeatureSet
 from featurestore.store import Store
 from featurestore.tasks import TaskDef, get_task
+from heads.config import TrainConfig
 from heads.data import StreamingLoader, load_labels, mask_targets, split_indices
 from heads.linear import LinearProbe
-from heads.config import TrainConfig
 from heads.objectives import get_objective, target_scale
 from heads.registry import get_head
 from heads.runs import save_run
 
+
 @dataclass
 class TrainResult:
+    """What one training run produced: its run id, the epoch whose weights were kept, the loss curve,
+    the test metrics and the seconds it took."""
+
     run_id: str
     best_epoch: int
     epochs: int
@@ -109,9 +111,16 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
     def loader(split: str, shuffle: bool) -> StreamingLoader:
         idx = splits[split]
         return StreamingLoader(
-            fs, [labels.image_ids[i] for i in idx], _Rows(y_all, idx), batch_size=cfg.batch_size, shuffle=shuffle,
-            seed=cfg.seed, buffer_images=cfg.buffer_images, need_global=not kind.dense or get_head(cfg.head).reads_global,
-            need_patches=kind.dense, in_memory=cfg.in_memory,
+            fs,
+            [labels.image_ids[i] for i in idx],
+            _Rows(y_all, idx),
+            batch_size=cfg.batch_size,
+            shuffle=shuffle,
+            seed=cfg.seed,
+            buffer_images=cfg.buffer_images,
+            need_global=not kind.dense or get_head(cfg.head).reads_global,
+            need_patches=kind.dense,
+            in_memory=cfg.in_memory,
         )
 
     train_l, val_l, test_l = loader("train", True), loader("val", False), loader("test", False)
@@ -127,7 +136,9 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
     if lbfgs:
         model, curve = fit_lbfgs_probe(task, model, train_l, val_l)
         best_epoch = 0
-    bar = tqdm(range(0 if lbfgs else cfg.max_epochs), desc=f"{cfg.task}/{cfg.head}", unit="epoch", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(0 if lbfgs else cfg.max_epochs), desc=f"{cfg.task}/{cfg.head}", unit="epoch", disable=not cfg.progress, dynamic_ncols=True
+    )
     for epoch in bar:
         model.train()
         tl, tn = 0.0, 0
@@ -165,8 +176,21 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         model.load_state_dict(best_state)
     ids, pred, y = _predict(model, test_l, task, device, autocast)
     metrics = quick_metrics(task, pred, y)
-    run_id = save_run(store, task, cfg.to_json(), fs.id, fs.spec.encoder, curve, best_epoch, metrics,
-                      {k: len(v) for k, v in splits.items()}, model, ids, pred, y)
+    run_id = save_run(
+        store,
+        task,
+        cfg.to_json(),
+        fs.id,
+        fs.spec.encoder,
+        curve,
+        best_epoch,
+        metrics,
+        {k: len(v) for k, v in splits.items()},
+        model,
+        ids,
+        pred,
+        y,
+    )
     return TrainResult(run_id, best_epoch, len(curve), curve, metrics, time.perf_counter() - t0)
 
 

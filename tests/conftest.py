@@ -124,7 +124,7 @@ def s3_server():
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("moto_server did not start")
+                raise RuntimeError("moto_server did not start") from None
             time.sleep(0.2)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -133,3 +133,15 @@ def s3_server():
     yield opts
     proc.terminate()
     proc.wait(timeout=10)
+
+
+#: Fixtures that start real services (a Prefect server, subprocess writers killed mid-write):
+#: every test using one is end to end, so it is marked ``slow`` (CI runs it; ``make test-fast``
+#: leaves it out).
+HEAVY_FIXTURES = ("prefect_server",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in HEAVY_FIXTURES):
+            item.add_marker(pytest.mark.slow)

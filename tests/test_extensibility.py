@@ -45,8 +45,11 @@ def half_pixels(monkeypatch):
     def load(name, source=None, size=None, bits=None):
         return PixelsEncoder(name, size=size or 256, bits=bits or 8)
 
-    monkeypatch.setitem(R.ENCODERS, "half-pixels", R.EncoderInfo("half-pixels", load, needs_weights=False,
-                                                                  summary="pixels at 256 | 256 | 274 stats | 16x16x16"))
+    monkeypatch.setitem(
+        R.ENCODERS,
+        "half-pixels",
+        R.EncoderInfo("half-pixels", load, needs_weights=False, summary="pixels at 256 | 256 | 274 stats | 16x16x16"),
+    )
     return "half-pixels"
 
 

@@ -20,6 +20,7 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 
 
 def finite(x: Any) -> bool:
+    """Whether ``x`` is a real number that is neither NaN nor infinite (None and strings are not)."""
     return isinstance(x, numbers.Real) and math.isfinite(x)
 
 
@@ -73,6 +74,7 @@ def kind_metrics(kind: str) -> tuple[str, ...]:
 
 
 def fold_text(fold: Any) -> str:
+    """How a fold is written in labels: empty for the held-out split (fold None)."""
     return "" if fold is None else f"fold {fold}"
 
 
@@ -82,6 +84,8 @@ def fold_key(fold: Any) -> int:
 
 
 def label(encoder: str, head: str | None = None, fold: Any = None) -> str:
+    """The name of a series in axis labels and titles, "encoder / head / fold k", leaving out the
+    parts not given."""
     return " / ".join(x for x in (encoder, head, fold_text(fold)) if x)
 
 
@@ -102,6 +106,7 @@ def task_order(rows: Iterable[Mapping]) -> list[str]:
 
 
 def row_key(r: Mapping) -> tuple:
+    """Sort key of a metrics row within a task: encoder, head, then the held-out split before the folds."""
     return (r["encoder"], r["head"], fold_key(r.get("fold")))
 
 

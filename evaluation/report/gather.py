@@ -39,14 +39,17 @@ class ReportData:
 
     @property
     def eval_id(self) -> str:
+        """The id of the evaluation version this report shows."""
         return self.record.eval_id
 
     @property
     def runs(self) -> list[dict]:
+        """The runs the evaluation read, as listed in its record (a copy: changing it changes nothing)."""
         return list(self.record.runs)
 
     @property
     def config(self) -> dict[str, Any]:
+        """The configuration the evaluation ran with (a copy of the record's)."""
         return dict(self.record.config)
 
     @property

@@ -55,6 +55,7 @@ class Block:
 
     @property
     def b64(self) -> str:
+        """The PNG as base64 text, for embedding in the page as a data URI (empty without a figure)."""
         return base64.b64encode(self.png or b"").decode("ascii")
 
 

@@ -46,6 +46,9 @@ class Header:
 
 @dataclass(frozen=True)
 class Table:
+    """A table of the page: its header (None: no header row), rows of cells, and the CSS class of
+    the ``<table>``."""
+
     header: tuple[Header, ...] | None  # None: no header row
     rows: list[list[Cell]]
     cls: str = ""

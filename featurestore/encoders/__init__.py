@@ -18,8 +18,19 @@ from featurestore.encoders.base import EmbedOutput, Encoder
 from featurestore.encoders.registry import ENCODERS, EncoderInfo, encoder_names, get_encoder, register
 from featurestore.encoders.weights import MissingWeightsError, resolve
 
-__all__ = ["ENCODERS", "EmbedOutput", "Encoder", "EncoderInfo", "MissingWeightsError", "choose_weights", "encoder_names",
-           "get_encoder", "load_encoder", "preflight", "register"]
+__all__ = [
+    "ENCODERS",
+    "EmbedOutput",
+    "Encoder",
+    "EncoderInfo",
+    "MissingWeightsError",
+    "choose_weights",
+    "encoder_names",
+    "get_encoder",
+    "load_encoder",
+    "preflight",
+    "register",
+]
 
 #: Modules of this package that are infrastructure, not adapters.
 _NOT_ADAPTERS = {"base", "preprocess", "registry", "weights"}
@@ -61,8 +72,7 @@ def choose_weights(name: str, weights: str | None, fallback: str = "error") -> t
     except MissingWeightsError as e:
         if fallback == "error":
             raise
-        return fallback, (f"*** {name}: NO REAL WEIGHTS FOUND, using {fallback} weights -- its numbers mean nothing about "
-                          f"{name}. {e}")
+        return fallback, (f"*** {name}: NO REAL WEIGHTS FOUND, using {fallback} weights -- its numbers mean nothing about {name}. {e}")
 
 
 def load_encoder(name: str, weights: str | None = None, size: int | None = None, bits: int | None = None) -> Encoder:

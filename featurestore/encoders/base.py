@@ -16,6 +16,9 @@ from featurestore.featureset import FeatureSetSpec
 
 @dataclass
 class EmbedOutput:
+    """What ``embed`` returns for a batch: the global vector, the patch grid and any further global
+    vectors the feature set stores as extra columns (named as in ``extra_globals``)."""
+
     global_: torch.Tensor  # [B, D]
     patches: torch.Tensor  # [B, C, H, W]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # other global vectors [B, d]
@@ -39,9 +42,13 @@ class Encoder(ABC):
 
     @functools.cached_property
     def fingerprint(self) -> str:
+        """Short hash of the loaded weights ("none" for a weight-free control): part of the feature set's
+        identity, so other weights under the same encoder name never share a feature set."""
         return fingerprint_module(self.module) if self.module is not None else "none"
 
-    def to(self, device: torch.device | str) -> "Encoder":
+    def to(self, device: torch.device | str) -> Encoder:
+        """Move the weights to ``device`` and remember it as where ``embed`` expects its batches; returns
+        self, for chaining."""
         self.device = torch.device(device)
         if self.module is not None:
             self.module.to(self.device)
@@ -56,6 +63,8 @@ class Encoder(ABC):
         return tokens.transpose(1, 2).reshape(b, c, h, w)
 
     def spec(self, dtype: str = "float16") -> FeatureSetSpec:
+        """The feature set this encoder's output goes into, stored as ``dtype``: the same encoder,
+        weights and preprocessing always give the same feature set id."""
         return FeatureSetSpec(
             encoder=self.name,
             weights_fingerprint=self.fingerprint,

@@ -48,6 +48,9 @@ def build_random(kind: str, name: str, seed: int = 0) -> str:
 
 
 class Dinov2Encoder(Encoder):
+    """An encoder around a transformers ``Dinov2Model`` (RAD-DINO, the random ViT control): layer-normed
+    [CLS] as the global vector, the patch tokens after [CLS] and any registers as the grid."""
+
     def __init__(self, name: str, model, size: int = 518, bits: int = 8, weights_label: str = "unknown"):
         config = model.config
         self.model = self.module = model.eval()
@@ -62,7 +65,9 @@ class Dinov2Encoder(Encoder):
         self.device = torch.device("cpu")
 
     @classmethod
-    def load(cls, name: str, source: WeightsSource, size: int = 518, bits: int = 8) -> "Dinov2Encoder":
+    def load(cls, name: str, source: WeightsSource, size: int = 518, bits: int = 8) -> Dinov2Encoder:
+        """Load from the source's folder offline, or from a seeded random model saved for ``random`` /
+        ``random:tiny``; picks the registers class when the config has register tokens."""
         from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel
 
         folder = str(source.path) if source.path else build_random(source.kind, name)
@@ -71,22 +76,29 @@ class Dinov2Encoder(Encoder):
         return cls(name, model_cls.from_pretrained(folder, local_files_only=True), size, bits, source.label)
 
     def embed(self, batch: torch.Tensor) -> EmbedOutput:
+        """Global = ``pooler_output`` [B, D]; patches = the tokens after [CLS] and the registers as the
+        [B, C, H, W] grid (raises if they do not form it)."""
         out = self.model(pixel_values=batch)
         return EmbedOutput(global_=out.pooler_output, patches=self.to_grid(out.last_hidden_state[:, 1 + self.registers :]))
 
 
-@register("rad-dino", hub_repo="microsoft/rad-dino", order=0,
-          summary=(
-              "`microsoft/rad-dino`, transformers `Dinov2Model` | "
-              "shortest edge 518 bicubic, centre crop 518, mean 0.5307 / std 0.2583 | "
-              "`pooler_output` (layer-normed [CLS]), 768 | "
-              "`last_hidden_state[:, 1:]` (registers skipped if any), 37x37x768"))
-@register("random-vit", default_weights="random", order=4,
-          summary=(
-              "control: `Dinov2Model` ViT-B/14 at 518, random weights (seeded from the name and seed 0) | "
-              "as rad-dino | "
-              "768 | "
-              "37x37x768"))
+@register(
+    "rad-dino",
+    hub_repo="microsoft/rad-dino",
+    order=0,
+    summary=(
+        "`microsoft/rad-dino`, transformers `Dinov2Model` | "
+        "shortest edge 518 bicubic, centre crop 518, mean 0.5307 / std 0.2583 | "
+        "`pooler_output` (layer-normed [CLS]), 768 | "
+        "`last_hidden_state[:, 1:]` (registers skipped if any), 37x37x768"
+    ),
+)
+@register(
+    "random-vit",
+    default_weights="random",
+    order=4,
+    summary=("control: `Dinov2Model` ViT-B/14 at 518, random weights (seeded from the name and seed 0) | as rad-dino | 768 | 37x37x768"),
+)
 def load(name: str, source: WeightsSource, size: int | None = None, bits: int | None = None) -> Dinov2Encoder:
     """RAD-DINO from its folder, or the random ViT-B/14 control (same class, seeded weights)."""
     return Dinov2Encoder.load(name, source, size=size or 518, bits=bits or 8)

@@ -32,10 +32,22 @@ def tiny_model_cfg(text_config_dir: str | None = None) -> dict:
     """A BiomedCLIP-shaped config: timm ViT image tower + HF text tower, tiny."""
     cfg = {
         "embed_dim": 16,
-        "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+        "vision_cfg": {
+            "timm_model_name": "vit_tiny_patch16_224",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 224,
+        },
     }
     if text_config_dir:
-        cfg["text_cfg"] = {"hf_model_name": text_config_dir, "hf_tokenizer_name": text_config_dir, "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 16}
+        cfg["text_cfg"] = {
+            "hf_model_name": text_config_dir,
+            "hf_tokenizer_name": text_config_dir,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": 16,
+        }
     return cfg
 
 
@@ -49,7 +61,16 @@ def build_random(kind: str, name: str, seed: int = 0) -> str:
         if kind == "random:tiny":
             model_cfg = tiny_model_cfg()
         else:
-            model_cfg = {"embed_dim": 512, "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear", "image_size": 224}}
+            model_cfg = {
+                "embed_dim": 512,
+                "vision_cfg": {
+                    "timm_model_name": "vit_base_patch16_224",
+                    "timm_model_pretrained": False,
+                    "timm_pool": "",
+                    "timm_proj": "linear",
+                    "image_size": 224,
+                },
+            }
         visual = _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"])
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({f"visual.{k}": v for k, v in visual.state_dict().items()}, folder / "open_clip_pytorch_model.bin")
@@ -83,8 +104,20 @@ def load_visual(folder: Path) -> tuple[torch.nn.Module, dict]:
 
 
 class OpenClipEncoder(Encoder):
-    def __init__(self, name: str, visual: torch.nn.Module, embed_dim: int, size: int = 224, bits: int = 8,
-                 mean=OPENAI_MEAN, std=OPENAI_STD, weights_label: str = "unknown"):
+    """BiomedCLIP's image tower (open_clip, timm ViT trunk): the projected embedding as the global
+    vector, the trunk's [CLS] as the extra ``cls_trunk`` vector, the patch tokens as the grid."""
+
+    def __init__(
+        self,
+        name: str,
+        visual: torch.nn.Module,
+        embed_dim: int,
+        size: int = 224,
+        bits: int = 8,
+        mean=OPENAI_MEAN,
+        std=OPENAI_STD,
+        weights_label: str = "unknown",
+    ):
         self.visual = self.module = visual.eval()
         self.name = name
         self.preprocessing = Preprocessing(size=size, mean=mean, std=std, resize="shortest_edge_crop", bits=bits)
@@ -99,7 +132,9 @@ class OpenClipEncoder(Encoder):
         self.device = torch.device("cpu")
 
     @classmethod
-    def load(cls, name: str, source: WeightsSource, size: int | None = None, bits: int = 8) -> "OpenClipEncoder":
+    def load(cls, name: str, source: WeightsSource, size: int | None = None, bits: int = 8) -> OpenClipEncoder:
+        """Load the vision tower from the source's folder (or a random one); the input size is fixed by the
+        checkpoint, so a different ``size`` raises RadstoreError instead of being interpolated."""
         folder = Path(source.path) if source.path else Path(build_random(source.kind, name))
         visual, cfg = load_visual(folder)
         native = int(cfg["model_cfg"]["vision_cfg"].get("image_size", 224))
@@ -108,22 +143,37 @@ class OpenClipEncoder(Encoder):
 
             raise RadstoreError(f"{name}: the timm tower has fixed {native}x{native} position embeddings; --size {size} is not supported")
         pre = cfg.get("preprocess_cfg", {})
-        return cls(name, visual, cfg["model_cfg"]["embed_dim"], native, bits,
-                   tuple(pre.get("mean", OPENAI_MEAN)), tuple(pre.get("std", OPENAI_STD)), source.label)
+        return cls(
+            name,
+            visual,
+            cfg["model_cfg"]["embed_dim"],
+            native,
+            bits,
+            tuple(pre.get("mean", OPENAI_MEAN)),
+            tuple(pre.get("std", OPENAI_STD)),
+            source.label,
+        )
 
     def embed(self, batch: torch.Tensor) -> EmbedOutput:
+        """One pass through the trunk gives all three outputs: projected global, trunk [CLS] (in
+        ``extras``) and the normed patch tokens after the prefix tokens."""
         tokens = self.visual.trunk.forward_features(batch)  # [B, 1 + N, C], after the final norm
         # visual(x) = head(trunk(x)); with pool '' the trunk's forward_head takes token 0.
         projected = self.visual.head(self.visual.trunk.forward_head(tokens))
         return EmbedOutput(global_=projected, patches=self.to_grid(tokens[:, self.prefix_tokens :]), extras={"cls_trunk": tokens[:, 0]})
 
 
-@register("biomedclip", hub_repo=HUB_REPO, order=2,
-          summary=(
-              "`microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`, open_clip timm ViT-B/16 | "
-              "224, OpenAI CLIP mean/std | "
-              "projected image embedding, 512 (+ trunk [CLS] 768 as column `cls_trunk`) | "
-              "`visual.trunk.forward_features(x)[:, 1:]`, 14x14x768"))
+@register(
+    "biomedclip",
+    hub_repo=HUB_REPO,
+    order=2,
+    summary=(
+        "`microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`, open_clip timm ViT-B/16 | "
+        "224, OpenAI CLIP mean/std | "
+        "projected image embedding, 512 (+ trunk [CLS] 768 as column `cls_trunk`) | "
+        "`visual.trunk.forward_features(x)[:, 1:]`, 14x14x768"
+    ),
+)
 def load(name: str, source: WeightsSource, size: int | None = None, bits: int | None = None) -> OpenClipEncoder:
     """BiomedCLIP's image tower from its open_clip folder (input size from its config)."""
     return OpenClipEncoder.load(name, source, size=size, bits=bits or 8)

@@ -19,6 +19,9 @@ POOLED = 4
 
 
 class PixelsEncoder(Encoder):
+    """The weight-free ``pixels`` control (see the module docstring): deterministic, so every feature
+    set it makes has the fingerprint "none"."""
+
     def __init__(self, name: str = "pixels", size: int = 512, bits: int = 8):
         self.name = name
         self.preprocessing = Preprocessing(size=size, mean=(0.5,) * 3, std=(0.5,) * 3, resize="squash", bits=bits)
@@ -30,6 +33,8 @@ class PixelsEncoder(Encoder):
         self.device = torch.device("cpu")
 
     def embed(self, batch: torch.Tensor) -> EmbedOutput:
+        """Pooled pixel blocks as the patch grid and coarse image statistics as the global vector; only the
+        first channel is read (the three are copies)."""
         x = batch[:, :1]  # the three channels are copies
         b, _, s, _ = x.shape
         side = s // PATCH
@@ -43,11 +48,17 @@ class PixelsEncoder(Encoder):
         return EmbedOutput(global_=torch.cat([coarse, hist, stats], 1), patches=patches.contiguous())
 
 
-@register("pixels", needs_weights=False, order=3, summary=(
-              "control, no weights | "
-              "512 squash | "
-              "16x16 pooled image + 16-bin histogram + mean, std (274) | "
-              "32x32 patches of 16x16 px pooled to 4x4 (16 channels)"))
+@register(
+    "pixels",
+    needs_weights=False,
+    order=3,
+    summary=(
+        "control, no weights | "
+        "512 squash | "
+        "16x16 pooled image + 16-bin histogram + mean, std (274) | "
+        "32x32 patches of 16x16 px pooled to 4x4 (16 channels)"
+    ),
+)
 def load(name: str, source: object = None, size: int | None = None, bits: int | None = None) -> PixelsEncoder:
     """The pixel control: no weights, the image itself pooled to a grid."""
     return PixelsEncoder(name, size=size or 512, bits=bits or 8)

@@ -22,6 +22,9 @@ RESIZE_MODES = ("shortest_edge_crop", "squash")
 
 @dataclass(frozen=True)
 class Preprocessing:
+    """The steps from a [0, 1] greyscale image to an encoder's input; stored with the feature set and
+    part of its identity, so changing any field makes a different feature set."""
+
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -40,7 +43,7 @@ class Preprocessing:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 
-    def with_overrides(self, size: int | None = None, bits: int | None = None) -> "Preprocessing":
+    def with_overrides(self, size: int | None = None, bits: int | None = None) -> Preprocessing:
         """The study's ablations: another input resolution or bit depth is another feature set."""
         out = self
         if size is not None and size != self.size:
@@ -52,6 +55,7 @@ class Preprocessing:
         return out
 
     def to_json(self) -> dict[str, Any]:
+        """The fields as stored in feature_set.json (mean and std as lists); :meth:`from_json` reads it back."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
@@ -70,7 +74,9 @@ class Preprocessing:
         return t[..., top : top + self.size, left : left + self.size]
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Preprocessing":
+    def from_json(cls, d: dict[str, Any]) -> Preprocessing:
+        """Rebuild from :meth:`to_json` output; unknown keys are ignored and missing ones take their
+        defaults, so records written by another version still load."""
         keys = cls.__dataclass_fields__.keys()
         return cls(**{k: v for k, v in d.items() if k in keys})
 

@@ -17,7 +17,6 @@ from featurestore.errors import RadstoreError
 
 if TYPE_CHECKING:
     from featurestore.encoders.base import Encoder
-    from featurestore.encoders.weights import WeightsSource
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,7 @@ class EncoderInfo:
     summary: str = ""  # "model | input | global embedding | patch grid", for the README table
 
     def describe(self) -> dict[str, Any]:
+        """The encoder's ``summary`` split into the README table's columns (model, input, global, patches)."""
         model, size, glob, patches = (self.summary.split("|") + [""] * 4)[:4]
         return {"name": self.name, "model": model.strip(), "input": size.strip(), "global": glob.strip(),
                 "patches": patches.strip()}  # fmt: skip
@@ -60,6 +60,7 @@ def _sort() -> None:
 
 
 def get_encoder(name: str) -> EncoderInfo:
+    """The registered encoder ``name``; raises RadstoreError listing the registered names otherwise."""
     if name not in ENCODERS:
         raise RadstoreError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     return ENCODERS[name]

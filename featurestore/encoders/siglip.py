@@ -23,15 +23,21 @@ HUB_REPO = "StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli"
 
 
 def build_random(kind: str, name: str, seed: int = 0) -> str:
+    """Save a randomly initialised ``SiglipVisionModel`` (ViT-L/16 at 384, or a tiny one for
+    ``random:tiny``) with a 0.5/0.5 processor config, once; return the folder to load from."""
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     folder = cache_dir() / kind.replace(":", "-") / f"{name}-seed{seed}"
     if not (folder / "config.json").exists():
         torch.manual_seed(seed)
         if kind == "random:tiny":
-            cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=384, patch_size=16)
+            cfg = SiglipVisionConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=384, patch_size=16
+            )
         else:  # ViT-L/16 at 384, as the real checkpoint
-            cfg = SiglipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=384, patch_size=16)
+            cfg = SiglipVisionConfig(
+                hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=384, patch_size=16
+            )
         model = SiglipVisionModel(cfg).eval()
         folder.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(folder)
@@ -48,6 +54,9 @@ def _processor_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]
 
 
 class SiglipEncoder(Encoder):
+    """CheXagent's SigLIP vision tower: attention-pool ``pooler_output`` as the global vector (there is
+    no [CLS]) and the whole ``last_hidden_state`` as the patch grid."""
+
     def __init__(self, name: str, model, size: int = 512, bits: int = 8, mean=(0.5,) * 3, std=(0.5,) * 3, weights_label: str = "unknown"):
         cfg = model.config
         self.model = self.module = model.eval()
@@ -56,12 +65,18 @@ class SiglipEncoder(Encoder):
         side = size // cfg.patch_size
         self.grid = (cfg.hidden_size, side, side)
         self.global_dim = cfg.hidden_size
-        self.labels = {"weights": weights_label, "model_class": "SiglipVisionModel", "global": "attention-pool pooler_output (SigLIP has no [CLS])"}
+        self.labels = {
+            "weights": weights_label,
+            "model_class": "SiglipVisionModel",
+            "global": "attention-pool pooler_output (SigLIP has no [CLS])",
+        }
         self.extra_globals = {}
         self.device = torch.device("cpu")
 
     @classmethod
-    def load(cls, name: str, source: WeightsSource, size: int = 512, bits: int = 8) -> "SiglipEncoder":
+    def load(cls, name: str, source: WeightsSource, size: int = 512, bits: int = 8) -> SiglipEncoder:
+        """Load the model offline from the source's folder (or a saved random one), with the mean/std of
+        the folder's processor config."""
         from transformers import SiglipVisionModel
 
         folder = Path(source.path) if source.path else Path(build_random(source.kind, name))
@@ -70,17 +85,24 @@ class SiglipEncoder(Encoder):
         return cls(name, model, size, bits, mean, std, source.label)
 
     def embed(self, batch: torch.Tensor) -> EmbedOutput:
+        """Global and patch embeddings of a batch; position embeddings are interpolated when the input size
+        differs from the checkpoint's."""
         native = self.model.config.image_size
         out = self.model(pixel_values=batch, interpolate_pos_encoding=batch.shape[-1] != native)
         return EmbedOutput(global_=out.pooler_output, patches=self.to_grid(out.last_hidden_state))
 
 
-@register("chexagent", hub_repo=HUB_REPO, order=1,
-          summary=(
-              "`StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli`, transformers `SiglipVisionModel` | "
-              "plain bicubic resize 512x512, position embeddings interpolated, processor mean/std | "
-              "attention-pool `pooler_output`, 1024 (**SigLIP has no [CLS] token**) | "
-              "the whole `last_hidden_state`, 32x32x1024"))
+@register(
+    "chexagent",
+    hub_repo=HUB_REPO,
+    order=1,
+    summary=(
+        "`StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli`, transformers `SiglipVisionModel` | "
+        "plain bicubic resize 512x512, position embeddings interpolated, processor mean/std | "
+        "attention-pool `pooler_output`, 1024 (**SigLIP has no [CLS] token**) | "
+        "the whole `last_hidden_state`, 32x32x1024"
+    ),
+)
 def load(name: str, source: WeightsSource, size: int | None = None, bits: int | None = None) -> SiglipEncoder:
     """CheXagent's SigLIP vision encoder from its folder."""
     return SiglipEncoder.load(name, source, size=size or 512, bits=bits or 8)

@@ -23,25 +23,35 @@ ENV_CACHE = "RADSTORE_CACHE"
 
 
 class MissingWeightsError(RadstoreError):
+    """No weights where radstore looked; the message lists the places and the command that fetches them."""
+
     pass
 
 
 @dataclass(frozen=True)
 class WeightsSource:
+    """Where an encoder's weights were found: a folder (``path``) or a random kind (``path`` None), and
+    the label the feature set records for them."""
+
     kind: str  # "local" | "hf-cache" | "random" | "random:tiny"
     path: Path | None
     label: str  # what the feature set's metadata records
 
     @property
     def is_random(self) -> bool:
+        """True for ``random`` and ``random:tiny``: the loader builds the model instead of reading a folder."""
         return self.kind.startswith("random")
 
 
 def cache_dir() -> Path:
+    """Where random models are saved: ``$RADSTORE_CACHE``, else ``~/.cache/radstore`` (read on every
+    call, so a changed environment takes effect)."""
     return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "radstore")
 
 
 def resolve(encoder: str, weights: str | None, hub_repo: str | None) -> WeightsSource:
+    """Find ``encoder``'s weights offline, in the order of the module docstring; raises
+    MissingWeightsError saying where it looked when there are none."""
     if weights in ("random", "random:tiny"):
         return WeightsSource(weights, None, weights)
     looked: list[str] = []

@@ -39,24 +39,16 @@ def check_batch(
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise FeatureSetError(f"image_id(s) {', '.join(dupes[:5])} appear twice in one batch; {_NOTHING}")
     if tuple(cls.shape) != (b, d):
-        raise FeatureSetError(
-            f"cls has shape {tuple(cls.shape)}, feature set {fs_id} expects ({b}, {d}) for {b} image_id(s); {_NOTHING}"
-        )
+        raise FeatureSetError(f"cls has shape {tuple(cls.shape)}, feature set {fs_id} expects ({b}, {d}) for {b} image_id(s); {_NOTHING}")
     if tuple(patches.shape) != (b, c, h, w):
-        raise FeatureSetError(
-            f"patches have shape {tuple(patches.shape)}, feature set {fs_id} expects ({b}, {c}, {h}, {w}); {_NOTHING}"
-        )
+        raise FeatureSetError(f"patches have shape {tuple(patches.shape)}, feature set {fs_id} expects ({b}, {c}, {h}, {w}); {_NOTHING}")
     if sha256 is not None and len(sha256) != b:
         raise FeatureSetError(f"{len(sha256)} sha256 values for {b} image_ids; {_NOTHING}")
     if set(extras) != set(spec.extra_globals):
-        raise FeatureSetError(
-            f"feature set {fs_id} expects extra global(s) {sorted(spec.extra_globals)}, got {sorted(extras)}; {_NOTHING}"
-        )
+        raise FeatureSetError(f"feature set {fs_id} expects extra global(s) {sorted(spec.extra_globals)}, got {sorted(extras)}; {_NOTHING}")
     for k, v in extras.items():
         if tuple(v.shape) != (b, spec.extra_globals[k]):
-            raise FeatureSetError(
-                f"extra global {k!r} has shape {tuple(v.shape)}, expected ({b}, {spec.extra_globals[k]}); {_NOTHING}"
-            )
+            raise FeatureSetError(f"extra global {k!r} has shape {tuple(v.shape)}, expected ({b}, {spec.extra_globals[k]}); {_NOTHING}")
 
 
 class NonFinite(Exception):

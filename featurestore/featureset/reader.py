@@ -153,7 +153,7 @@ class FeatureSet:
             {"image_id": list(image_ids), "reason": list(reasons), "time": [now] * len(image_ids)},
             schema=layout.REJECTS_SCHEMA,
         )
-        self.loc.write_parquet(table, layout.REJECTS_DIR, f"part-{uuid.uuid4().hex}.parquet")
+        self.loc.write_parquet(table, layout.REJECTS_DIR, layout.rejects_part_name())
 
     # -- committed rows ---------------------------------------------------------------------
     @property

@@ -62,7 +62,9 @@ class ShardBuffer:
         """The extra globals of the buffered rows only."""
         return {k: v[: self.n] for k, v in self.extras.items()}
 
-    def put(self, ids: list[str], sha: list[str | None], cls: torch.Tensor, patches: torch.Tensor | None, extras: dict[str, torch.Tensor]) -> None:
+    def put(
+        self, ids: list[str], sha: list[str | None], cls: torch.Tensor, patches: torch.Tensor | None, extras: dict[str, torch.Tensor]
+    ) -> None:
         """Append rows (``patches`` None when the grids are streamed instead)."""
         a, b = self.n, self.n + len(ids)
         if patches is not None:

@@ -168,7 +168,9 @@ class FeatureSetWriter:
         with one_torch_thread(patches):
             return self._validated_write(ids, cls, patches, sha256, extras)
 
-    def _validated_write(self, ids: list[str], cls: Any, patches: Any, sha256: Sequence[str | None] | None, extras: dict[str, Any]) -> WriteResult:
+    def _validated_write(
+        self, ids: list[str], cls: Any, patches: Any, sha256: Sequence[str | None] | None, extras: dict[str, Any]
+    ) -> WriteResult:
         b = len(ids)
         try:
             cls_t = as_tensor(cls, "cls")

@@ -7,7 +7,7 @@ sets all find their files through these names.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 FORMAT_NAME = "radstore"
 FORMAT_VERSION = 1
@@ -48,10 +48,12 @@ def table_file(name: str) -> str:
 
 def part_name() -> str:
     """A new append-only part of the images or ingest-errors table: time-ordered, unique."""
-    return f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+    return f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
 
 
 def rejects_part_name() -> str:
+    """A new part of a feature set's rejects table: a random, unique name (the table is read whole, so
+    its parts need no order)."""
     return f"part-{uuid.uuid4().hex}.parquet"
 
 
@@ -77,5 +79,5 @@ def committed_index_parts(name: str) -> int:
 
 def new_run_id(task: str, head: str, feature_set_id: str) -> str:
     """A run id that sorts by feature set, task, head and time, and never repeats."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return f"{feature_set_id}-{task}-{head}-{stamp}-{uuid.uuid4().hex[:6]}"

@@ -101,6 +101,7 @@ class RunRecord(_JsonRecord):
 
     @property
     def created(self) -> datetime:
+        """``created_at`` as a datetime."""
         return datetime.fromisoformat(self.created_at)
 
 
@@ -152,12 +153,14 @@ def list_runs(store: Store) -> list[RunRecord]:
 
 
 def read_run(store: Store, run_id: str) -> RunRecord:
+    """The record of ``run_id``; raises RadstoreError when the store has no committed run of that id."""
     if not store.loc.exists(P.RUNS_DIR, run_id, P.RUN_JSON):
         raise RadstoreError(f"no run {run_id!r} in {store.url} (runs are listed by `radstore runs`)")
     return RunRecord.from_json(store.loc.read_json(P.RUNS_DIR, run_id, P.RUN_JSON))
 
 
 def predictions_path(store: Store, run_id: str) -> str:
+    """Full path of a run's ``predictions.parquet`` (for scans that read it straight from the store)."""
     return store.loc.path(P.RUNS_DIR, run_id, P.PREDICTIONS)
 
 
@@ -167,6 +170,7 @@ def runs_root(store: Store) -> str:
 
 
 def read_predictions(store: Store, run_id: str) -> pa.Table:
+    """Every row of a run's ``predictions.parquet``, all splits."""
     return store.loc.read_parquet([predictions_path(store, run_id)])
 
 
@@ -210,14 +214,17 @@ class EvaluationRecord(_JsonRecord):
 
     @property
     def created(self) -> datetime:
+        """``created_at`` as a datetime."""
         return datetime.fromisoformat(self.created_at)
 
 
 def evaluation_exists(store: Store, eval_id: str) -> bool:
+    """Whether evaluation ``eval_id`` is committed (its ``eval.json`` exists)."""
     return store.loc.exists(P.METRICS_DIR, eval_id, P.EVAL_JSON)
 
 
 def evaluation_path(store: Store, eval_id: str) -> str:
+    """The directory of evaluation ``eval_id``, committed or not."""
     return store.loc.path(P.METRICS_DIR, eval_id)
 
 
@@ -237,6 +244,8 @@ def list_evaluations(store: Store) -> list[EvaluationRecord]:
 
 
 def read_evaluation_record(store: Store, eval_id: str) -> EvaluationRecord:
+    """The record of ``eval_id``; raises RadstoreError when the store has no committed evaluation of
+    that id."""
     if not evaluation_exists(store, eval_id):
         raise RadstoreError(f"no evaluation {eval_id!r} in {store.url} (radstore query --store ... 'select * from evaluations')")
     return EvaluationRecord.from_json(store.loc.read_json(P.METRICS_DIR, eval_id, P.EVAL_JSON))
@@ -248,5 +257,6 @@ def evaluation_table_paths(store: Store, eval_ids: list[str], name: str) -> list
 
 
 def read_evaluation_tables(store: Store, eval_id: str) -> dict[str, pa.Table]:
+    """Every table of EVAL_TABLES of one evaluation, read with its declared schema."""
     return {name: store.loc.read_parquet(evaluation_table_paths(store, [eval_id], name), schema=schema)
             for name, schema in EVAL_TABLES.items()}  # fmt: skip

@@ -7,7 +7,7 @@ Served tables (built from json records for the SQL views): features, runs, evalu
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -35,9 +35,7 @@ IMAGES_SCHEMA = pa.schema(
 )
 IMAGES_DICTIONARY_COLUMNS = ["format", "photometric", "split"]
 
-INGEST_ERRORS_SCHEMA = pa.schema(
-    [("image_id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("run_at", UTC_MS)]
-)
+INGEST_ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("run_at", UTC_MS)])
 
 REJECTS_SCHEMA = pa.schema([("image_id", pa.string()), ("reason", pa.string()), ("time", UTC_MS)])
 
@@ -140,7 +138,7 @@ EVALUATIONS_VIEW_SCHEMA = pa.schema([
 
 def now_ms() -> datetime:
     """UTC now, truncated to the milliseconds the tables store."""
-    t = datetime.now(timezone.utc)
+    t = datetime.now(UTC)
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 

@@ -184,12 +184,14 @@ def render(
     medi = (dist_mid < medi_w) & (yy < diaphragm)
     abdomen = (yy > diaphragm) & (thickness > 0)
     knob = _ellipse(xx, yy, cx + med * 0.95, apex + 0.24 * (dia - apex), 0.032, 0.028)
-    dense = np.maximum.reduce([
-        0.50 * ndimage.gaussian_filter(medi.astype(np.float32), 0.006 * px),
-        0.56 * ndimage.gaussian_filter(heart.astype(np.float32), 0.003 * px),
-        0.54 * ndimage.gaussian_filter(abdomen.astype(np.float32), 0.004 * px),
-        0.50 * ndimage.gaussian_filter(knob.astype(np.float32), 0.004 * px),
-    ]) * (0.75 + 0.25 * thickness)
+    dense = np.maximum.reduce(
+        [
+            0.50 * ndimage.gaussian_filter(medi.astype(np.float32), 0.006 * px),
+            0.56 * ndimage.gaussian_filter(heart.astype(np.float32), 0.003 * px),
+            0.54 * ndimage.gaussian_filter(abdomen.astype(np.float32), 0.004 * px),
+            0.50 * ndimage.gaussian_filter(knob.astype(np.float32), 0.004 * px),
+        ]
+    ) * (0.75 + 0.25 * thickness)
     raw = np.maximum(raw, dense)
     spine = np.clip(1 - (dist_mid / 0.03) ** 2, 0, 1)
     raw = raw + 0.06 * spine * (thickness > 0)

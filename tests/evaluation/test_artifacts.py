@@ -8,12 +8,11 @@ import pytest
 import zarr
 from sklearn.metrics import average_precision_score, mean_absolute_error, r2_score, roc_auc_score
 
-from evaluation.artifacts import (EvalConfig, evaluate, list_evaluations, read_evaluation,
-                                  select_runs)
+from evaluation.artifacts import EvalConfig, evaluate, list_evaluations, read_evaluation, select_runs
 from featurestore.errors import RadstoreError
-from featurestore.store import Store
 from featurestore.layout import METRICS_DIR, RUNS_DIR
 from featurestore.layout.records import read_predictions, read_run
+from featurestore.store import Store
 
 
 def test_every_metric_equals_its_oracle(evaluated_store):
@@ -61,7 +60,7 @@ def test_comparisons_are_paired_and_corrected(evaluated_store):
     assert set(c.test) == {"paired-bootstrap", "delong", "nemenyi"}
     undefined = c[c.p.isna()]
     assert undefined.p_bonferroni.isna().all() and (undefined.family_size == 0).all()
-    for (test, metric), g in c[c.p.notna()].groupby(["test", "metric"]):
+    for (test, _metric), g in c[c.p.notna()].groupby(["test", "metric"]):
         assert (g.family_size == len(g)).all()
         if test != "nemenyi":
             assert np.allclose(g.p_bonferroni, np.minimum(1, g.p * len(g)))
@@ -88,11 +87,13 @@ def test_identical_inputs_same_version_new_inputs_new_version(evaluated_store):
     assert store.loc.read_bytes(METRICS_DIR, eval_id, "metrics.parquet") == before
     # Recomputed from scratch, the same inputs give the same numbers.
     from evaluation.artifacts import compute, load_run
+
     cfg = EvalConfig(resamples=200, seed=1)
     runs = [load_run(store, r, cfg) for r in select_runs(store)]
     rows = compute(runs, cfg, eval_id, again.meta and read_evaluation(store, eval_id)[1]["metrics"].column("created_at")[0].as_py())
     assert pa.Table.from_pylist(rows["metrics"]).column("value").to_pylist() == pytest.approx(
-        read_evaluation(store, eval_id)[1]["metrics"].column("value").to_pylist(), nan_ok=True)
+        read_evaluation(store, eval_id)[1]["metrics"].column("value").to_pylist(), nan_ok=True
+    )
     # Other inputs (a subset of runs, another seed): new versions, the old one untouched.
     sub = [r for r in select_runs(store) if read_run(store, r)["task"] == "ctr-reg"]
     other = evaluate(store, sub, EvalConfig(resamples=200, seed=1))

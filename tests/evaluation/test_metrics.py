@@ -55,8 +55,15 @@ def test_dice_iou_and_the_empty_convention():
 @pytest.mark.parametrize("method", ["percentile", "bca"])
 def test_cis_equal_scipy_bootstrap_on_the_same_resamples(data, method):
     y, score, _, _ = data
-    res = stats.bootstrap((y, score), lambda a, b, axis=-1: _auroc_rows(a, b), paired=True, vectorized=True,
-                          n_resamples=500, method="BCa" if method == "bca" else "percentile", rng=np.random.default_rng(7))
+    res = stats.bootstrap(
+        (y, score),
+        lambda a, b, axis=-1: _auroc_rows(a, b),
+        paired=True,
+        vectorized=True,
+        n_resamples=500,
+        method="BCa" if method == "bca" else "percentile",
+        rng=np.random.default_rng(7),
+    )
     ci = bootstrap_ci(auroc, (y, score), resamples=500, seed=7, method=method)
     assert ci.low == pytest.approx(res.confidence_interval.low, abs=1e-9)
     assert ci.high == pytest.approx(res.confidence_interval.high, abs=1e-9)

@@ -9,8 +9,8 @@ import pytest
 from evaluation.artifacts import EvalConfig, evaluate, list_evaluations
 from evaluation.query import EXAMPLES, VIEWS, connect, query, write_result
 from featurestore.errors import RadstoreError
-from featurestore.store import Store
 from featurestore.layout.records import list_runs, read_predictions
+from featurestore.store import Store
 
 
 def test_views_equal_independent_reads(evaluated_store):
@@ -24,9 +24,11 @@ def test_views_equal_independent_reads(evaluated_store):
         t = fs.cls()
         got = con.execute(f"SELECT image_id, cls FROM cls WHERE feature_set_id = '{fs.id}' ORDER BY row").fetchall()
         assert [g[0] for g in got] == t.column("image_id").to_pylist()
-        np.testing.assert_array_equal(np.array([g[1] for g in got], np.float32),
-                                      np.stack(t.column("cls").to_numpy(zero_copy_only=False)))
-        assert con.execute(f"SELECT images, global_dim FROM features WHERE feature_set_id = '{fs.id}'").fetchone() == (len(t), fs.spec.global_dim)
+        np.testing.assert_array_equal(np.array([g[1] for g in got], np.float32), np.stack(t.column("cls").to_numpy(zero_copy_only=False)))
+        assert con.execute(f"SELECT images, global_dim FROM features WHERE feature_set_id = '{fs.id}'").fetchone() == (
+            len(t),
+            fs.spec.global_dim,
+        )
     runs = list_runs(store)
     assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == len(runs)
     assert con.execute("SELECT count(*) FROM predictions").fetchone()[0] == sum(read_predictions(store, r["run_id"]).num_rows for r in runs)

@@ -63,8 +63,7 @@ def test_report_names_every_encoder_task_and_the_version(report):
     for task in {r["task"] for r in rows}:
         assert html.escape(task) in text, task
     meta = Store.open(url).loc.read_json("metrics", eval_id, "eval.json")
-    for value in (meta["created_at"], meta["code_version"], meta["config"]["resamples"], meta["config"]["seed"],
-                  meta["config"]["method"]):
+    for value in (meta["created_at"], meta["code_version"], meta["config"]["resamples"], meta["config"]["seed"], meta["config"]["method"]):
         assert f"<td>{html.escape(str(value))}</td>" in text, value
     for run in meta["runs"]:
         assert run["run_id"] in text
@@ -95,8 +94,11 @@ def test_results_table_cells_equal_metrics_parquet(report):
     rows = [r for r in _metrics(url, eval_id) if r["primary"] and r["fold"] is None]
     assert rows
     for r in rows:
-        m = re.search(rf'<td class="([^"]*)" data-encoder="{re.escape(r["encoder"])}" data-head="{re.escape(r["head"])}" '
-                      rf'data-task="{re.escape(r["task"])}" data-fold="">(.*?)</td>', text)
+        m = re.search(
+            rf'<td class="([^"]*)" data-encoder="{re.escape(r["encoder"])}" data-head="{re.escape(r["head"])}" '
+            rf'data-task="{re.escape(r["task"])}" data-fold="">(.*?)</td>',
+            text,
+        )
         assert m, (r["encoder"], r["head"], r["task"])
         shown = re.sub(r"<[^>]+>", "", m.group(2))
         expect = "n/a" if _is_nan(r["value"]) else f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
@@ -142,10 +144,19 @@ def test_undefined_numbers_show_na_and_text_is_escaped():
     nan = float("nan")
     assert fmt(nan) == "n/a" and fmt(None) == "n/a" and fmt_ci(nan, nan, nan) == "n/a"
     assert fmt_ci(0.5, nan, nan) == "0.500 [n/a, n/a]"
-    base = {"task": "t<x>", "task_kind": "classification", "head": "linear", "fold": None, "metric": "auroc",
-            "primary": True, "confidence": 0.95}
-    rows = [{**base, "encoder": "<b>evil</b>", "value": nan, "ci_low": nan, "ci_high": nan},
-            {**base, "encoder": "ok & fine", "value": 0.7, "ci_low": 0.6, "ci_high": 0.8}]
+    base = {
+        "task": "t<x>",
+        "task_kind": "classification",
+        "head": "linear",
+        "fold": None,
+        "metric": "auroc",
+        "primary": True,
+        "confidence": 0.95,
+    }
+    rows = [
+        {**base, "encoder": "<b>evil</b>", "value": nan, "ci_low": nan, "ci_high": nan},
+        {**base, "encoder": "ok & fine", "value": 0.7, "ci_low": 0.6, "ci_high": 0.8},
+    ]
     out = results_table_html(rows)
     assert "<b>evil</b>" not in out and "&lt;b&gt;evil&lt;/b&gt;" in out and "ok &amp; fine" in out and "t&lt;x&gt;" in out
     assert "<b>0.700 [0.600, 0.800]</b>" in out and ">n/a<" in out
@@ -159,10 +170,21 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     index = report[0]
     shot = tmp_path / "screenshot.png"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={SCREEN[0]},{SCREEN[1]}",
-           f"--screenshot={shot}", index.resolve().as_uri()]
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--window-size={SCREEN[0]},{SCREEN[1]}",
+        f"--screenshot={shot}",
+        index.resolve().as_uri(),
+    ]
     try:
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=180)
     except subprocess.TimeoutExpired:

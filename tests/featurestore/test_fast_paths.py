@@ -103,7 +103,9 @@ def test_committed_index(backend, tiny_spec, monkeypatch):
         c, p = batch_for(IDS[16:20])
         w.write(IDS[16:20], c, p)
     t = fs.cls(columns=["image_id", "shard"])
-    assert t.num_rows == 24 and set(t.filter(np.isin(t.column("image_id").to_numpy(zero_copy_only=False), IDS[16:20])).column("shard").to_pylist()) == {1}
+    assert t.num_rows == 24 and set(
+        t.filter(np.isin(t.column("image_id").to_numpy(zero_copy_only=False), IDS[16:20])).column("shard").to_pylist()
+    ) == {1}
 
 
 def test_map_rows_is_read_span_without_the_read(tmp_path, tiny_spec):
@@ -113,6 +115,8 @@ def test_map_rows_is_read_span_without_the_read(tmp_path, tiny_spec):
     mapped, at = fs.map_rows(rows)
     np.testing.assert_array_equal(mapped[at], fs.read_span(rows))
     assert fs.map_rows(np.array([15, 16])) is None  # two shards
-    z = Store.open(str(tmp_path / "z"), create=True).create_feature_set(FeatureSetSpec("tiny", "c", TINY_GRID, TINY_DIM, shard_images=16, codec="zstd"))
+    z = Store.open(str(tmp_path / "z"), create=True).create_feature_set(
+        FeatureSetSpec("tiny", "c", TINY_GRID, TINY_DIM, shard_images=16, codec="zstd")
+    )
     _write(z, IDS[:16])
     assert z.map_rows(np.arange(4)) is None

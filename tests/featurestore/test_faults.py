@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from featurestore.store import Store
 from tests.conftest import batch_for
@@ -19,8 +20,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _spawn(backend, spec, stop, start=0, prefix="img", **kw) -> subprocess.Popen:
     url, opts = backend
-    cmd = [sys.executable, "-m", "tests.featurestore.writer_proc", "--store", url, "--options", json.dumps(opts),
-           "--spec", json.dumps(spec.to_json()), "--start", str(start), "--stop", str(stop), "--prefix", prefix]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.featurestore.writer_proc",
+        "--store",
+        url,
+        "--options",
+        json.dumps(opts),
+        "--spec",
+        json.dumps(spec.to_json()),
+        "--start",
+        str(start),
+        "--stop",
+        str(stop),
+        "--prefix",
+        prefix,
+    ]
     for k, v in kw.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -41,6 +57,7 @@ def _assert_consistent(fs, expect_ids=None):
     return ids
 
 
+@pytest.mark.slow
 def test_sigkill_between_grid_write_and_commit(backend, tiny_spec):
     url, opts = backend
     proc = _spawn(backend, tiny_spec, stop=64, kill_at_commit=3)
@@ -57,11 +74,12 @@ def test_sigkill_between_grid_write_and_commit(backend, tiny_spec):
     _assert_consistent(fs, [f"img{i:04d}" for i in range(64)])
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_spec):
     """Kill after a random number of batches (while the background thread may be mid-shard)."""
     backend = (str(tmp_path / "store"), None)
     rng = np.random.default_rng(0)
-    for trial in range(3):
+    for _trial in range(3):
         proc = _spawn(backend, tiny_spec, stop=96, sleep=0.01)
         target = int(rng.integers(1, 11)) * 8
         for line in proc.stdout:

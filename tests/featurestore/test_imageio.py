@@ -28,8 +28,18 @@ def ramp() -> np.ndarray:
 @pytest.mark.parametrize("slope,intercept", [(1.0, 0.0), (0.5, -1024.0), (2.0, 100.0)])
 def test_dicom_variants_recover_the_intensity(tmp_path, ramp, bits, photometric, slope, intercept):
     p = tmp_path / "x.dcm"
-    write_dicom(p, ramp, bits_stored=bits, photometric=photometric, slope=slope, intercept=intercept,
-                patient_id="P", image_id="x", seed=0, pixel_spacing=0.2)
+    write_dicom(
+        p,
+        ramp,
+        bits_stored=bits,
+        photometric=photometric,
+        slope=slope,
+        intercept=intercept,
+        patient_id="P",
+        image_id="x",
+        seed=0,
+        pixel_spacing=0.2,
+    )
     img = read_image(str(p))
     assert img.meta.format == "dicom" and img.meta.bits_stored == bits and img.meta.photometric == photometric
     assert (img.meta.height, img.meta.width) == ramp.shape
@@ -42,8 +52,18 @@ def test_dicom_variants_recover_the_intensity(tmp_path, ramp, bits, photometric,
 def test_dicom_matches_pydicom_window_oracle(tmp_path, ramp):
     """Independent oracle: pydicom's own modality+VOI output, min-max scaled over its range."""
     p = tmp_path / "x.dcm"
-    write_dicom(p, ramp, bits_stored=12, photometric="MONOCHROME2", slope=0.5, intercept=-1024.0,
-                patient_id="P", image_id="x", seed=0, pixel_spacing=0.2)
+    write_dicom(
+        p,
+        ramp,
+        bits_stored=12,
+        photometric="MONOCHROME2",
+        slope=0.5,
+        intercept=-1024.0,
+        patient_id="P",
+        image_id="x",
+        seed=0,
+        pixel_spacing=0.2,
+    )
     ds = pydicom.dcmread(p)
     ds.WindowCenter, ds.WindowWidth = float(ds.WindowCenter) + 200, float(ds.WindowWidth) / 3  # a clipping window
     buf = io.BytesIO()
@@ -58,8 +78,18 @@ def test_dicom_matches_pydicom_window_oracle(tmp_path, ramp):
 
 def test_dicom_without_window_uses_full_range(tmp_path, ramp):
     p = tmp_path / "x.dcm"
-    write_dicom(p, ramp, bits_stored=16, photometric="MONOCHROME2", slope=1.0, intercept=0.0,
-                patient_id="P", image_id="x", seed=0, pixel_spacing=0.2)
+    write_dicom(
+        p,
+        ramp,
+        bits_stored=16,
+        photometric="MONOCHROME2",
+        slope=1.0,
+        intercept=0.0,
+        patient_id="P",
+        image_id="x",
+        seed=0,
+        pixel_spacing=0.2,
+    )
     ds = pydicom.dcmread(p)
     del ds.WindowCenter, ds.WindowWidth
     buf = io.BytesIO()
@@ -76,7 +106,11 @@ def _shipped_pydicom_samples() -> list[str]:
 
     from pydicom.data import DATA_ROOT
 
-    return sorted(str(p) for p in (Path(DATA_ROOT) / "test_files").rglob("*") if p.is_file() and p.suffix not in (".py", ".json", ".txt", ".gz", ".bz2"))
+    return sorted(
+        str(p)
+        for p in (Path(DATA_ROOT) / "test_files").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".json", ".txt", ".gz", ".bz2")
+    )
 
 
 def test_every_decodable_pydicom_sample():
@@ -129,8 +163,18 @@ def test_sha256_and_size(tmp_path, ramp):
 
 def test_bad_files_name_the_file_and_reason(tmp_path, ramp):
     dcm = tmp_path / "x.dcm"
-    write_dicom(dcm, ramp, bits_stored=12, photometric="MONOCHROME2", slope=1.0, intercept=0.0,
-                patient_id="P", image_id="x", seed=0, pixel_spacing=0.2)
+    write_dicom(
+        dcm,
+        ramp,
+        bits_stored=12,
+        photometric="MONOCHROME2",
+        slope=1.0,
+        intercept=0.0,
+        patient_id="P",
+        image_id="x",
+        seed=0,
+        pixel_spacing=0.2,
+    )
     (tmp_path / "trunc.dcm").write_bytes(dcm.read_bytes()[:2000])
     png = tmp_path / "x.png"
     noise = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)  # incompressible

@@ -24,7 +24,12 @@ def test_ingest_records_metadata_and_is_idempotent(cohort, tmp_path):
     row = t.filter(pa.compute.equal(t.column("image_id"), r1.added[0])).to_pylist()[0]
     m = read_image(row["uri"]).meta
     assert (row["sha256"], row["height"], row["width"], row["bits_stored"], row["photometric"]) == (
-        m.sha256, m.height, m.width, m.bits_stored, m.photometric)
+        m.sha256,
+        m.height,
+        m.width,
+        m.bits_stored,
+        m.photometric,
+    )
     r2 = ingest(str(cohort), store, progress=False)
     assert r2.ok and not r2.added and len(r2.unchanged) == COHORT.n
     assert store.images().num_rows == COHORT.n

@@ -17,8 +17,9 @@ from tests.conftest import free_port
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """Start ``prefect server start``; point this process and its children (Dask workers) at it."""
-    from flows import prefect_env  # noqa: F401
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import prefect_env  # noqa: F401
 
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
@@ -26,7 +27,9 @@ def prefect_server(tmp_path_factory):
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
     log = open(home / "server.log", "w")
     exe = Path(sys.executable).with_name("prefect")
-    proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.time() + 180
     while True:

@@ -15,12 +15,34 @@ from flows.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, build_parser, main
 def test_help_lists_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True).stdout
     sub = [a for a in build_parser()._subparsers._group_actions][0]
-    assert set(sub.choices) == {"synth", "preview", "ingest", "extract", "train", "runs", "evaluate", "query", "report", "study",
-                                "serve", "bench", "store", "encoders", "tasks"}
+    assert set(sub.choices) == {
+        "synth",
+        "preview",
+        "ingest",
+        "extract",
+        "train",
+        "runs",
+        "evaluate",
+        "query",
+        "report",
+        "study",
+        "serve",
+        "bench",
+        "store",
+        "encoders",
+        "tasks",
+    }
     for cmd in sub.choices:
         assert f"    {cmd} " in out  # listed, with its help line
-    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, flows.cli as c; c.build_parser(); print(*sys.modules)"],
-                                         capture_output=True, text=True, check=True).stdout.split()  # --help stays fast
+    assert (
+        "torch"
+        not in subprocess.run(
+            [sys.executable, "-c", "import sys, flows.cli as c; c.build_parser(); print(*sys.modules)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    )  # --help stays fast
 
 
 def test_choices_and_defaults_come_from_the_configs_and_registries():
@@ -46,8 +68,26 @@ def test_choices_and_defaults_come_from_the_configs_and_registries():
 
 
 def test_synth_ingest_info_end_to_end(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path / "c"), "--n", "6", "--seed", "2", "--min-side", "128",
-                 "--max-side", "160", "--preview", "--quiet"]) == EXIT_OK
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(tmp_path / "c"),
+                "--n",
+                "6",
+                "--seed",
+                "2",
+                "--min-side",
+                "128",
+                "--max-side",
+                "160",
+                "--preview",
+                "--quiet",
+            ]
+        )
+        == EXIT_OK
+    )
     assert (tmp_path / "c" / "preview.png").stat().st_size > 10_000
     assert pq.read_table(tmp_path / "c" / "manifest.parquet").num_rows == 6
     args = ["ingest", "--manifest", str(tmp_path / "c" / "manifest.parquet"), "--store", str(tmp_path / "s"), "--quiet"]
@@ -86,12 +126,16 @@ def test_console_script_on_200_images(tmp_path):
     exe = shutil.which("radstore", path=str(__import__("pathlib").Path(sys.executable).parent))
     assert exe, "the radstore console script is not installed in this environment"
     subprocess.run([exe, "synth", "--out", str(tmp_path / "c"), "--n", "200", "--quiet", "--preview"], check=True)
-    r = subprocess.run([exe, "ingest", "--manifest", str(tmp_path / "c" / "manifest.parquet"), "--store", str(tmp_path / "s"), "--quiet"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [exe, "ingest", "--manifest", str(tmp_path / "c" / "manifest.parquet"), "--store", str(tmp_path / "s"), "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "ingested 200 new" in r.stdout
 
 
+@pytest.mark.slow
 def test_bench_smoke(capsys):
     """`radstore bench` hands its arguments to the benchmark runner (a quick planning stage)."""
     assert main(["bench", "--quick", "--no-write", "--stages", "planning"]) == EXIT_OK

@@ -65,8 +65,15 @@ def test_dask_fan_out_equals_a_serial_run(prefect_server, cohort, tmp_path):
 
     serial = Store.open(str(tmp_path / "serial"), create=True)
     ref = extract(str(cohort), serial, ExtractConfig("rad-dino", weights="random:tiny", progress=False, num_workers=0, shard_images=16))
-    state = run_extraction("dask", manifest=str(cohort), store=str(tmp_path / "dask"), encoder="rad-dino",
-                           weights="random:tiny", num_workers=0, shard_images=16)
+    state = run_extraction(
+        "dask",
+        manifest=str(cohort),
+        store=str(tmp_path / "dask"),
+        encoder="rad-dino",
+        weights="random:tiny",
+        num_workers=0,
+        shard_images=16,
+    )
     assert state.is_completed(), state.message
     out = state.result()
     assert out["feature_set_id"] == ref.feature_set_id and out["done"] == COHORT.n
@@ -91,14 +98,32 @@ def test_cli_on_the_ephemeral_api(cohort, tmp_path):
     (root / bad["path"]).write_bytes(b"")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     exe = Path(sys.executable).with_name("radstore")
-    cmd = [str(exe), "extract", "--manifest", str(root / "manifest.parquet"), "--store", str(tmp_path / "s"),
-           "--encoder", "biomedclip", "--weights", "random:tiny", "--num-workers", "0"]
+    cmd = [
+        str(exe),
+        "extract",
+        "--manifest",
+        str(root / "manifest.parquet"),
+        "--store",
+        str(tmp_path / "s"),
+        "--encoder",
+        "biomedclip",
+        "--weights",
+        "random:tiny",
+        "--num-workers",
+        "0",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 1, r.stderr[-3000:]
     assert f"ERROR image_id={bad['image_id']}: file is empty" in r.stderr
     fid = r.stdout.strip().splitlines()[-1]
     assert fid.startswith("biomedclip-")
     assert len(Store.open(str(tmp_path / "s")).feature_set(fid)) == COHORT.n - 1
-    r = subprocess.run([str(exe), "extract", "--manifest", str(root / "manifest.parquet"), "--store", str(tmp_path / "s"),
-                        "--encoder", "rad-dino"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [str(exe), "extract", "--manifest", str(root / "manifest.parquet"), "--store", str(tmp_path / "s"), "--encoder", "rad-dino"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert r.returncode == 2 and "no weights for encoder rad-dino" in r.stderr and "Traceback" not in r.stderr

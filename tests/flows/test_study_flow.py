@@ -14,23 +14,38 @@ import yaml
 
 from evaluation.artifacts import list_evaluations, read_evaluation
 from featurestore.errors import RadstoreError
+from featurestore.layout.records import list_runs
 from featurestore.store import Store
 from flows.config import StudyConfig, load_config
-from featurestore.layout.records import list_runs
 from tests.conftest import COHORT
 from tests.flows.test_extract_flow import _artifacts
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_TRAIN = {"solver": "lbfgs", "lr": 1e-3, "max_epochs": 3, "target_size": 32, "refiner_channels": [16, 8], "attn_size": 16,
-              "progress": False}
+TINY_TRAIN = {
+    "solver": "lbfgs",
+    "lr": 1e-3,
+    "max_epochs": 3,
+    "target_size": 32,
+    "refiner_channels": [16, 8],
+    "attn_size": 16,
+    "progress": False,
+}
 
 
 def small_config(tmp_path, cohort, **kw) -> StudyConfig:
-    base = dict(store=str(tmp_path / "store"), manifest=str(cohort), encoders=["pixels", "rad-dino"],
-                train=TINY_TRAIN, evaluation={"resamples": 200}, report=str(tmp_path / "report"), num_workers=0)
+    base = dict(
+        store=str(tmp_path / "store"),
+        manifest=str(cohort),
+        encoders=["pixels", "rad-dino"],
+        train=TINY_TRAIN,
+        evaluation={"resamples": 200},
+        report=str(tmp_path / "report"),
+        num_workers=0,
+    )
     return StudyConfig.from_dict({**base, **kw})
 
 
+@pytest.mark.slow
 def test_study_runs_the_grid_and_a_rerun_reuses_everything(prefect_server, cohort, tmp_path):
     from flows.study import run_study
 
@@ -44,9 +59,18 @@ def test_study_runs_the_grid_and_a_rerun_reuses_everything(prefect_server, cohor
     _, t = read_evaluation(store, out["eval_id"])
     primary = t["metrics"].filter(t["metrics"].column("primary")).to_pylist()
     assert {(r["encoder"], r["head"], r["task"]) for r in primary} == {
-        (e, h, task) for e in ("pixels", "rad-dino") for task, h in
-        [("pneumothorax-cls", "linear"), ("cardiomegaly-cls", "linear"), ("ctr-reg", "linear"), ("pneumothorax-seg", "linear"),
-         ("heart-seg", "linear"), ("pneumothorax-seg", "cross-attention"), ("heart-seg", "cross-attention")]}
+        (e, h, task)
+        for e in ("pixels", "rad-dino")
+        for task, h in [
+            ("pneumothorax-cls", "linear"),
+            ("cardiomegaly-cls", "linear"),
+            ("ctr-reg", "linear"),
+            ("pneumothorax-seg", "linear"),
+            ("heart-seg", "linear"),
+            ("pneumothorax-seg", "cross-attention"),
+            ("heart-seg", "cross-attention"),
+        ]
+    }
     assert Path(out["report"]).is_file() and _artifacts("evaluation")
     assert set(out["timings"]) == {"ingest", "extract", "train", "evaluate", "report"}
 
@@ -71,10 +95,16 @@ def test_config_files_and_their_errors(tmp_path):
         assert set(yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())) == set(cfg.to_json())
     assert load_config(ROOT / "configs" / "study.yaml").missing_weights == "error"
     bad = tmp_path / "bad.yaml"
-    for text, match in [("stor: x\n", "unknown key.*stor"), ("encoders: [dino]\n", "unknown encoder 'dino'"),
-                        ("tasks: [nodules]\n", "unknown task 'nodules'"), ("train: {lrr: 1}\n", "train: unknown.*lrr"),
-                        ("evaluation: {resamples: 5}\n", "resamples"), ("missing_weights: maybe\n", "missing_weights"),
-                        ("[1, 2]\n", "mapping"), ("a: [\n", "not valid YAML")]:
+    for text, match in [
+        ("stor: x\n", "unknown key.*stor"),
+        ("encoders: [dino]\n", "unknown encoder 'dino'"),
+        ("tasks: [nodules]\n", "unknown task 'nodules'"),
+        ("train: {lrr: 1}\n", "train: unknown.*lrr"),
+        ("evaluation: {resamples: 5}\n", "resamples"),
+        ("missing_weights: maybe\n", "missing_weights"),
+        ("[1, 2]\n", "mapping"),
+        ("a: [\n", "not valid YAML"),
+    ]:
         bad.write_text(text)
         with pytest.raises(RadstoreError, match=match):
             load_config(bad)
@@ -100,21 +130,29 @@ def test_served_deployments_backfill_then_study(prefect_server, cohort, tmp_path
 
     from flows.deployments import AFTER_BACKFILL, BACKFILL
 
-    cfg = small_config(tmp_path, cohort, encoders=["pixels"], tasks=["cardiomegaly-cls", "heart-seg"], heads=["linear"],
-                       schedule="30 3 * * *")
+    cfg = small_config(
+        tmp_path, cohort, encoders=["pixels"], tasks=["cardiomegaly-cls", "heart-seg"], heads=["linear"], schedule="30 3 * * *"
+    )
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg.to_json()))
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("radstore")), "serve", "--config", str(path)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("radstore")), "serve", "--config", str(path)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         with get_client(sync_client=True) as c:
+
             def deployment(name):
                 try:
                     return c.read_deployment_by_name(name)
                 except Exception:  # noqa: BLE001 - not registered yet
                     return None
+
             names = [f"backfill/{BACKFILL}", f"study/{AFTER_BACKFILL}", "evaluate/on-demand"]
             d = _wait_for(lambda: all(deployment(n) for n in names) and deployment(names[0]), 180, "the deployments to be registered")
             assert d.schedules and d.schedules[0].schedule.cron == "30 3 * * *"
@@ -143,9 +181,20 @@ def test_scale_out_on_dask_into_s3(prefect_server, s3_server, cohort, tmp_path):
     from flows.study import run_study
 
     url = "s3://radstore-test/study"
-    cfg = StudyConfig.from_dict(dict(store=url, manifest=str(cohort), storage_options=s3_server, encoders=["rad-dino"],
-                                     tasks=["heart-seg"], heads=["linear"], train=TINY_TRAIN, evaluation={"resamples": 200},
-                                     runner="dask", num_workers=0))
+    cfg = StudyConfig.from_dict(
+        dict(
+            store=url,
+            manifest=str(cohort),
+            storage_options=s3_server,
+            encoders=["rad-dino"],
+            tasks=["heart-seg"],
+            heads=["linear"],
+            train=TINY_TRAIN,
+            evaluation={"resamples": 200},
+            runner="dask",
+            num_workers=0,
+        )
+    )
     assert cfg.report_dir is None
     out = run_study(cfg)
     assert out["extracted"]["rad-dino"]["done"] == COHORT.n and out["trained"] == 1

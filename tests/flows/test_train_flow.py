@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from featurestore.layout.records import list_runs
 from featurestore.store import Store
 from flows.cli import EXIT_OK, main
-from featurestore.layout.records import list_runs
 
 SMALL = {"lr": 1e-3, "max_epochs": 3, "progress": False, "target_size": 32, "attn_size": 16, "refiner_channels": (16, 8)}
 
@@ -27,13 +27,32 @@ def test_train_grid_covers_heads_tasks_and_folds(prefect_server, pixels_store):
     runs = {r["run_id"]: r for r in list_runs(Store.open(url))}
     assert len(ids) == 6 and all(i in runs for i in ids)
     assert sorted((runs[i]["task"], runs[i]["head"], runs[i]["fold"]) for i in ids) == sorted(
-        [("heart-seg", h, f) for h in ("linear", "cross-attention") for f in (0, 1)] + [("ctr-reg", "linear", f) for f in (0, 1)])
+        [("heart-seg", h, f) for h in ("linear", "cross-attention") for f in (0, 1)] + [("ctr-reg", "linear", f) for f in (0, 1)]
+    )
 
 
 def test_cli_train_prints_the_run_id(prefect_server, pixels_store, capsys):
     url, fsid, _ = pixels_store
-    code = main(["train", "--store", url, "--feature-set", fsid, "--task", "heart-seg", "--head", "cross-attention",
-                 "--max-epochs", "2", "--lr", "1e-3", "--target-size", "32", "--small-refiner"])
+    code = main(
+        [
+            "train",
+            "--store",
+            url,
+            "--feature-set",
+            fsid,
+            "--task",
+            "heart-seg",
+            "--head",
+            "cross-attention",
+            "--max-epochs",
+            "2",
+            "--lr",
+            "1e-3",
+            "--target-size",
+            "32",
+            "--small-refiner",
+        ]
+    )
     assert code == EXIT_OK
     run_id = capsys.readouterr().out.strip().splitlines()[-1]
     assert run_id.startswith(f"{fsid}-heart-seg-cross-attention-")

@@ -7,8 +7,8 @@ import pytest
 
 from featurestore.featureset import FeatureSetSpec
 from featurestore.store import Store
-from heads.data import StreamingLoader, load_labels, mask_targets, split_indices
 from featurestore.tasks import TASKS
+from heads.data import StreamingLoader, load_labels, mask_targets, split_indices
 from tests.conftest import batch_for
 
 

@@ -9,10 +9,10 @@ import zarr
 from featurestore.errors import RadstoreError
 from featurestore.extract import ExtractConfig, extract
 from featurestore.ingest import ingest
-from featurestore.store import Store
-from featurestore.synth.cohort import SynthConfig, synthesize
 from featurestore.layout import RUNS_DIR
 from featurestore.layout.records import list_runs, read_predictions, read_run
+from featurestore.store import Store
+from featurestore.synth.cohort import SynthConfig, synthesize
 from featurestore.tasks import TASKS
 from heads.train import TrainConfig, train
 
@@ -120,8 +120,14 @@ def test_pixels_beat_chance(tmp_path):
     fsid = extract(str(m), store, ExtractConfig("pixels", progress=False)).feature_set_id
     common = dict(lr=1e-3, patience=10, max_epochs=200, progress=False, target_size=64, attn_size=32, refiner_channels=(32, 16))
     res = {}
-    for task, head in [("cardiomegaly-cls", "linear"), ("pneumothorax-cls", "linear"), ("ctr-reg", "linear"),
-                       ("heart-seg", "linear"), ("heart-seg", "cross-attention"), ("pneumothorax-seg", "cross-attention")]:
+    for task, head in [
+        ("cardiomegaly-cls", "linear"),
+        ("pneumothorax-cls", "linear"),
+        ("ctr-reg", "linear"),
+        ("heart-seg", "linear"),
+        ("heart-seg", "cross-attention"),
+        ("pneumothorax-seg", "cross-attention"),
+    ]:
         # Global probes: the CLIP-style L-BFGS probe. With AdamW + early stopping the 274-d
         # pixel statistics overfit from the first epoch (best epoch 0) and stay at chance.
         solver = "lbfgs" if TASKS[task].input == "global" else "adamw"

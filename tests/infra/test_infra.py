@@ -30,8 +30,14 @@ README = INFRA / "README.md"
 PYPROJECT = ROOT / "pyproject.toml"
 
 REQUIRED_SERVICES = {
-    "postgres", "prefect-server", "prefect-worker", "radstore-serve",
-    "dask-scheduler", "dask-worker", "minio", "minio-init",
+    "postgres",
+    "prefect-server",
+    "prefect-worker",
+    "radstore-serve",
+    "dask-scheduler",
+    "dask-worker",
+    "minio",
+    "minio-init",
 }
 RADSTORE_SERVICES = ("prefect-worker", "radstore-serve", "dask-scheduler", "dask-worker")  # built from infra/Dockerfile
 GPU_SERVICES = ("prefect-worker", "radstore-serve", "dask-worker")
@@ -45,6 +51,7 @@ BARE_VAR_RE = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _defaults(value: str) -> str:
     """A compose string with every ``${VAR:-default}`` replaced by its default."""
@@ -174,6 +181,7 @@ def _all_commands(services: dict) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------- compose
+
 
 def test_compose_has_every_service(services):
     missing = REQUIRED_SERVICES - set(services)
@@ -337,6 +345,7 @@ def test_variables_have_defaults_or_are_in_env_example():
 
 # ---------------------------------------------------------------- Dockerfile
 
+
 def _cuda_of_base() -> tuple[int, int]:
     froms = [args.split()[0] for instr, args in _dockerfile() if instr == "FROM"]
     assert froms, "Dockerfile has no FROM"
@@ -440,6 +449,7 @@ def test_dockerignore_keeps_the_package_and_drops_the_bulk():
 
 # ---------------------------------------------------------------- the commands exist
 
+
 def test_pyproject_declares_the_radstore_script():
     target = _pyproject()["project"]["scripts"].get("radstore")
     assert target, "[project.scripts] has no radstore"
@@ -481,8 +491,14 @@ def test_prefect_and_dask_commands_exist(services, exe, depth, tmp_path):
     assert commands, f"no {exe} command found in infra/ (the test's parser is broken?)"
     for argv in commands:
         sub = argv[1 : 1 + depth]
-        res = subprocess.run([str(script), *sub, "--help"], check=False, capture_output=True, text=True, timeout=180,
-                             env={"PATH": str(script.parent), "COLUMNS": "200", "NO_COLOR": "1", "PREFECT_HOME": str(tmp_path)})
+        res = subprocess.run(
+            [str(script), *sub, "--help"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={"PATH": str(script.parent), "COLUMNS": "200", "NO_COLOR": "1", "PREFECT_HOME": str(tmp_path)},
+        )
         assert res.returncode == 0, f"`{exe} {' '.join(sub)} --help` failed: {res.stderr[-500:]}"
         for opt in {a.split("=")[0] for a in argv[1 + depth :] if a.startswith("--")}:
             assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", res.stdout), f"`{exe} {' '.join(sub)}` has no {opt}"
@@ -510,8 +526,9 @@ def test_readme_for_the_data_engineer():
     text = README.read_text()
     assert "Docker does not run on the machines this project is developed and tested on" in text
     assert "docker compose -f infra/compose.yaml --env-file infra/.env up -d" in text
-    assert any(a[:3] == ["prefect", "work-pool", "create"] and POOL in a and _option_value(a, "--type") == "process"
-               for a in _readme_commands()), "README does not show how to create the work pool"
+    assert any(
+        a[:3] == ["prefect", "work-pool", "create"] and POOL in a and _option_value(a, "--type") == "process" for a in _readme_commands()
+    ), "README does not show how to create the work pool"
     for folder in ("rad-dino", "chexagent", "biomedclip"):
         assert "/weights/" in text and f"--local-dir models/{folder}" in text, f"README: no weights folder {folder}"
     assert "runner: dask:tcp://dask-scheduler:8786" in text and "s3://radstore/store" in text

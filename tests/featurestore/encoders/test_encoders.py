@@ -30,7 +30,9 @@ def test_rad_dino_matches_transformers_forward(tmp_path, images):
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(1)
-    Dinov2Model(Dinov2Config(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, image_size=518)).save_pretrained(tmp_path / "m")
+    Dinov2Model(
+        Dinov2Config(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, image_size=518)
+    ).save_pretrained(tmp_path / "m")
     enc = load_encoder("rad-dino", weights=str(tmp_path / "m"))
     assert enc.preprocessing.size == 518 and enc.preprocessing.mean == (0.5307,) * 3 and enc.preprocessing.std == (0.2583,) * 3
     assert enc.grid == (24, 37, 37) and enc.global_dim == 24
@@ -47,7 +49,15 @@ def test_register_tokens_are_skipped(tmp_path, images):
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     torch.manual_seed(2)
-    cfg = Dinov2WithRegistersConfig(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48, image_size=518, patch_size=14, num_register_tokens=4)
+    cfg = Dinov2WithRegistersConfig(
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+        image_size=518,
+        patch_size=14,
+        num_register_tokens=4,
+    )
     Dinov2WithRegistersModel(cfg).save_pretrained(tmp_path / "m")
     enc = load_encoder("rad-dino", weights=str(tmp_path / "m"))
     x = _batch(enc, images[:1])
@@ -61,7 +71,9 @@ def test_chexagent_siglip_matches_transformers_forward(tmp_path, images):
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(3)
-    cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=384, patch_size=16)
+    cfg = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=384, patch_size=16
+    )
     SiglipVisionModel(cfg).save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     enc = load_encoder("chexagent", weights=str(tmp_path / "m"))
@@ -86,7 +98,10 @@ def test_biomedclip_matches_open_clip_encode_image(tmp_path, images):
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=128).save_pretrained(text_dir)
     folder = tmp_path / "biomedclip"
     folder.mkdir()
-    cfg = {"model_cfg": tiny_model_cfg(str(text_dir)), "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}
+    cfg = {
+        "model_cfg": tiny_model_cfg(str(text_dir)),
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }
     (folder / "open_clip_config.json").write_text(json.dumps(cfg))
     torch.manual_seed(4)
     model = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False, load_weights=False).eval()
@@ -123,8 +138,24 @@ def test_real_configurations_give_the_published_grids():
 
     with torch.device("meta"):
         dino = Dinov2Encoder("rad-dino", Dinov2Model(Dinov2Config(image_size=518, patch_size=14)))
-        sig = SiglipEncoder("chexagent", SiglipVisionModel(SiglipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=384, patch_size=16)))
-        vis = _build_vision_tower(512, {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear", "image_size": 224})
+        sig = SiglipEncoder(
+            "chexagent",
+            SiglipVisionModel(
+                SiglipVisionConfig(
+                    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=384, patch_size=16
+                )
+            ),
+        )
+        vis = _build_vision_tower(
+            512,
+            {
+                "timm_model_name": "vit_base_patch16_224",
+                "timm_model_pretrained": False,
+                "timm_pool": "",
+                "timm_proj": "linear",
+                "image_size": 224,
+            },
+        )
         clip = OpenClipEncoder("biomedclip", vis, 512)
         for enc, dim in ((dino, 768), (sig, 1024), (clip, 512)):
             s = enc.preprocessing.size
@@ -139,7 +170,7 @@ def test_random_tiny_is_labelled_and_reloaded_through_the_same_path():
     b = load_encoder("rad-dino", "random:tiny")  # second time: loaded from the saved folder
     assert a.fingerprint == b.fingerprint and a.labels["weights"] == "random:tiny"
     assert a.spec().labels["weights"] == "random:tiny"
-    assert (Path(load_encoder("biomedclip", "random:tiny").labels["weights"]) == Path("random:tiny"))
+    assert Path(load_encoder("biomedclip", "random:tiny").labels["weights"]) == Path("random:tiny")
 
 
 def test_preprocessing_and_weights_are_identity():
@@ -154,9 +185,19 @@ def test_preprocessing_matches_the_hf_image_processor(images):
     """Oracle: RAD-DINO's processor (BitImageProcessor per its model card) on the 8-bit image."""
     from transformers import BitImageProcessor
 
-    proc = BitImageProcessor(do_resize=True, size={"shortest_edge": 518}, resample=3, do_center_crop=True,
-                             crop_size={"height": 518, "width": 518}, do_rescale=True, rescale_factor=1 / 255,
-                             do_normalize=True, image_mean=[0.5307] * 3, image_std=[0.2583] * 3, do_convert_rgb=True)
+    proc = BitImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": 518},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": 518, "width": 518},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5307] * 3,
+        image_std=[0.2583] * 3,
+        do_convert_rgb=True,
+    )
     y, x = np.mgrid[0:400, 0:300]
     smooth = (0.5 + 0.4 * np.sin(x / 23.0) * np.cos(y / 31.0)).astype(np.float32)  # resampling-friendly content
     u8 = np.round(smooth * 255).astype(np.uint8)
