@@ -3,63 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+
+from flows.cli_options import (
+    ENCODER_CHOICES,
+    EVAL_OPTIONS,
+    EXTRACT_OPTIONS,
+    TRAIN_OPTIONS,
+    config_option,
+    config_values,
+)
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
-
-
-class LazyChoices(Sequence):
-    """Choices read from a registry whenever argparse looks at them (never copied), so building
-    the parser (and ``radstore --help``) does not import the registry's heavy modules, and an
-    encoder registered later is a valid choice."""
-
-    def __init__(self, load: Callable[[], Sequence[str]]):
-        self._load = load
-
-    def _get(self) -> Sequence[str]:
-        return tuple(self._load())
-
-    def __getitem__(self, i):  # noqa: ANN001 - Sequence protocol
-        return self._get()[i]
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __contains__(self, x: object) -> bool:
-        return x in self._get()
-
-
-def _encoder_names() -> Sequence[str]:
-    from featurestore.encoders import encoder_names
-
-    return encoder_names()
-
-
-ENCODER_CHOICES = LazyChoices(_encoder_names)
-
-
-def config_option(p: argparse.ArgumentParser, cls: type, name: str, help: str, **kw: Any) -> None:
-    """``--name`` for field ``name`` of config dataclass ``cls``: its default (and type) come
-    from the dataclass, so a default is changed in one place and the CLI follows."""
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    default = None if f.default is dataclasses.MISSING else f.default
-    if "type" not in kw and "action" not in kw:
-        kw["type"] = type(default) if isinstance(default, (int, float, str)) and not isinstance(default, bool) else str
-    shown = "" if default is None else f" (default: {default})"
-    p.add_argument("--" + name.replace("_", "-"), dest=name, default=default, help=help + shown, **kw)
-
-
-def config_values(args: argparse.Namespace, cls: type, names: Sequence[str] | None = None) -> dict[str, Any]:
-    """The ``cls`` fields the parser holds (or ``names`` of them), as keyword arguments."""
-    wanted = names or [f.name for f in dataclasses.fields(cls)]
-    return {n: getattr(args, n) for n in wanted if hasattr(args, n)}
 
 
 def _human(n: float) -> str:
@@ -199,12 +156,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     print(state.message)
     print(out["feature_set_id"])
     return EXIT_PARTIAL if out["failed"] else EXIT_OK
-
-
-#: The TrainConfig fields `radstore train` exposes (task, head and fold are chosen per run).
-TRAIN_OPTIONS = ("seed", "lr", "max_epochs", "patience", "batch_size", "seg_loss", "target_size", "device", "folds", "solver")
-EXTRACT_OPTIONS = ("weights", "size", "bits", "batch_size", "device", "num_workers", "shard_images")
-EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold")
 
 
 def _train_config(args: argparse.Namespace) -> dict:

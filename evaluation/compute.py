@@ -1,0 +1,273 @@
+"""Every table of an evaluation from runs' predictions, without I/O: the same inputs give the
+same rows (the resamples come from the configured seed).
+
+Runs are grouped by (task, head, fold); within a group every pair of feature sets is compared
+on the test images they share with the SAME bootstrap indices (paired bootstrap of the
+difference), plus DeLong's test where the kind's metrics include AUROC. Across folds each
+encoder's fold values give a median and a t-interval, and with three or more encoders
+Friedman's test with Nemenyi's post-hoc p-values. Bonferroni and Holm are applied per family
+of comparisons sharing a test and a metric, undefined p-values left out of the family.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from evaluation import metrics as M
+from evaluation.bootstrap import bootstrap_ci, resample_indices
+from evaluation.compare import adjust, delong, friedman_nemenyi, paired_bootstrap
+from evaluation.config import EvalConfig
+from featurestore.errors import RadstoreError
+from featurestore.layout import EVAL_TABLES
+from featurestore.tasks import get_kind
+
+
+@dataclass
+class RunData:
+    """One run's test-set predictions, as arrays the metrics take (image order = predictions)."""
+
+    meta: dict[str, Any]
+    image_ids: np.ndarray
+    arrays: dict[str, np.ndarray]  # global kinds: y, prediction; mask kinds: dice, iou and pixel counts
+    sha256: str
+
+    @property
+    def key(self) -> tuple:
+        """The group a run is compared within: (task, head, fold)."""
+        return (self.meta["task"], self.meta["head"], self.meta.get("fold"))
+
+
+def _aligned(runs: list[RunData]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The test images every run of a group shares, and each run's positions of them."""
+    common = set(runs[0].image_ids)
+    for r in runs[1:]:
+        common &= set(r.image_ids)
+    ids = np.array(sorted(common), dtype=object)
+    return ids, [np.searchsorted(r.image_ids[np.argsort(r.image_ids)], ids) for r in runs]
+
+
+def _take(r: RunData, pos: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    order = np.argsort(r.image_ids)
+    return tuple(r.arrays[n][order][pos] for n in names)
+
+
+def _labels(group: list[RunData]) -> list[str]:
+    """Encoder names, or feature set ids where one encoder has several feature sets in a group."""
+    names = [r.meta["encoder"] for r in group]
+    return [r.meta["feature_set_id"] if names.count(n) > 1 else n for r, n in zip(group, names)]
+
+
+def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: datetime) -> dict[str, list[dict]]:
+    """Every table of an evaluation, as rows (no I/O: the same inputs give the same rows)."""
+    out: dict[str, list[dict]] = {name: [] for name in EVAL_TABLES}
+    groups: dict[tuple, list[RunData]] = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r)
+    for (task, head, fold), group in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        group.sort(key=lambda r: (r.meta["encoder"], r.meta["feature_set_id"]))
+        kind = group[0].meta["task_kind"]
+        spec = get_kind(kind)
+        labels = _labels(group)
+        ids, positions = _aligned(group)
+        if len(ids) == 0:
+            raise RadstoreError(f"{task}/{head}: the runs {', '.join(r.meta['run_id'] for r in group)} share no test image")
+        idx = resample_indices(len(ids), cfg.resamples, cfg.seed)  # the same resamples for every encoder: paired
+        base = {"task": task, "head": head, "fold": fold}
+        for r, label, pos in zip(group, labels, positions):
+            for j, metric in enumerate(spec.metrics):
+                m = M.get_metric(metric)
+                ci = bootstrap_ci(
+                    m.fn,
+                    _take(r, pos, m.inputs),
+                    resamples=cfg.resamples,
+                    seed=cfg.seed,
+                    method=cfg.method,
+                    confidence=cfg.confidence,
+                    idx=idx,
+                )
+                out["metrics"].append(
+                    {
+                        **base,
+                        "eval_id": eval_id,
+                        "created_at": created_at,
+                        "task_kind": kind,
+                        "encoder": label,
+                        "feature_set_id": r.meta["feature_set_id"],
+                        "run_id": r.meta["run_id"],
+                        "metric": metric,
+                        "primary": j == 0,
+                        "value": ci.value,
+                        "ci_low": ci.low,
+                        "ci_high": ci.high,
+                        "method": ci.method,
+                        "confidence": ci.confidence,
+                        "n": ci.n,
+                        "resamples": ci.resamples,
+                        "seed": ci.seed,
+                    }
+                )
+            if spec.dense:
+                a = r.arrays
+                for i, image_id in enumerate(r.image_ids):
+                    out["per_image"].append(
+                        {
+                            **base,
+                            "eval_id": eval_id,
+                            "run_id": r.meta["run_id"],
+                            "encoder": label,
+                            "feature_set_id": r.meta["feature_set_id"],
+                            "image_id": image_id,
+                            "mask_row": int(a["mask_row"][i]),
+                            "dice": float(a["dice"][i]),
+                            "iou": float(a["iou"][i]),
+                            "true_pixels": int(a["true_pixels"][i]),
+                            "predicted_pixels": int(a["predicted_pixels"][i]),
+                        }
+                    )
+        for (ra, la, pa_), (rb, lb, pb) in itertools.combinations(zip(group, labels, positions), 2):
+            pair = {
+                **base,
+                "eval_id": eval_id,
+                "encoder_a": la,
+                "encoder_b": lb,
+                "feature_set_a": ra.meta["feature_set_id"],
+                "feature_set_b": rb.meta["feature_set_id"],
+                "run_a": ra.meta["run_id"],
+                "run_b": rb.meta["run_id"],
+                "n": len(ids),
+            }
+            for metric in spec.metrics:
+                m = M.get_metric(metric)
+                d = paired_bootstrap(
+                    m.fn,
+                    _take(ra, pa_, m.inputs),
+                    _take(rb, pb, m.inputs),
+                    resamples=cfg.resamples,
+                    seed=cfg.seed,
+                    confidence=cfg.confidence,
+                    idx=idx,
+                )
+                out["comparisons"].append(
+                    {
+                        **pair,
+                        "metric": metric,
+                        "test": "paired-bootstrap",
+                        "value_a": d.a,
+                        "value_b": d.b,
+                        "diff": d.diff,
+                        "ci_low": d.low,
+                        "ci_high": d.high,
+                        "p": d.p,
+                    }
+                )
+            if "auroc" in spec.metrics and not spec.dense:  # DeLong's test of two correlated AUROCs
+                (ya, sa), (_, sb) = _take(ra, pa_, M.GLOBAL_INPUTS), _take(rb, pb, M.GLOBAL_INPUTS)
+                if 2 <= ya.sum() <= len(ya) - 2:  # DeLong's variance needs two of each class
+                    dl = delong(ya, sa, sb)
+                    out["comparisons"].append(
+                        {
+                            **pair,
+                            "metric": "auroc",
+                            "test": "delong",
+                            "value_a": dl["auc_a"],
+                            "value_b": dl["auc_b"],
+                            "diff": dl["auc_a"] - dl["auc_b"],
+                            "ci_low": np.nan,
+                            "ci_high": np.nan,
+                            "p": dl["p"],
+                        }
+                    )
+    _fold_summaries(out, eval_id)
+    _correct(out["comparisons"])
+    return out
+
+
+def _fold_summaries(out: dict[str, list[dict]], eval_id: str) -> None:
+    """Across folds: median and t-interval per encoder; Friedman + Nemenyi with >= 3 encoders."""
+    by: dict[tuple, dict[str, dict[int, float]]] = {}
+    fsid: dict[str, str] = {}
+    for m in out["metrics"]:
+        if m["fold"] is None:
+            continue
+        by.setdefault((m["task"], m["head"], m["metric"]), {}).setdefault(m["encoder"], {})[m["fold"]] = m["value"]
+        fsid[m["encoder"]] = m["feature_set_id"]
+    for (task, head, metric), enc in sorted(by.items()):
+        folds = sorted(set.intersection(*(set(v) for v in enc.values())))
+        if len(folds) < 2:
+            continue
+        names = sorted(enc)
+        table = np.array([[enc[e][f] for e in names] for f in folds])  # [folds, encoders]
+        fr = None
+        if len(names) >= 3 and np.isfinite(table).all():
+            fr = friedman_nemenyi(table, higher_is_better=M.get_metric(metric).higher_is_better)
+        for j, e in enumerate(names):
+            v = table[:, j]
+            half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+            out["folds"].append(
+                {
+                    "eval_id": eval_id,
+                    "task": task,
+                    "head": head,
+                    "metric": metric,
+                    "encoder": e,
+                    "feature_set_id": fsid[e],
+                    "folds": len(v),
+                    "median": float(np.median(v)),
+                    "mean": float(v.mean()),
+                    "ci_low": float(v.mean() - half),
+                    "ci_high": float(v.mean() + half),
+                    "mean_rank": float(fr["mean_rank"][j]) if fr else np.nan,
+                    "friedman_statistic": fr["statistic"] if fr else np.nan,
+                    "friedman_p": fr["p"] if fr else np.nan,
+                }
+            )
+        if fr:
+            for i, j in itertools.combinations(range(len(names)), 2):
+                out["comparisons"].append(
+                    {
+                        "eval_id": eval_id,
+                        "task": task,
+                        "head": head,
+                        "fold": None,
+                        "metric": metric,
+                        "test": "nemenyi",
+                        "encoder_a": names[i],
+                        "encoder_b": names[j],
+                        "feature_set_a": fsid[names[i]],
+                        "feature_set_b": fsid[names[j]],
+                        "run_a": None,
+                        "run_b": None,
+                        "value_a": float(np.median(table[:, i])),
+                        "value_b": float(np.median(table[:, j])),
+                        "diff": float(fr["mean_rank"][i] - fr["mean_rank"][j]),
+                        "ci_low": np.nan,
+                        "ci_high": np.nan,
+                        "p": float(fr["nemenyi_p"][i, j]),
+                        "n": len(folds),
+                    }
+                )
+
+
+def _correct(rows: list[dict]) -> None:
+    """Bonferroni and Holm over each family: the comparisons sharing a test and a metric."""
+    fam: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        r.update(p_bonferroni=np.nan, p_holm=np.nan, family_size=0)
+        fam.setdefault((r["test"], r["metric"]), []).append(i)
+    for members in fam.values():
+        members = [i for i in members if np.isfinite(rows[i]["p"])]  # undefined tests are not in the family
+        if not members:
+            continue
+        p = np.array([rows[i]["p"] for i in members])
+        if rows[members[0]]["test"] == "nemenyi":  # Nemenyi's p-values are already family-wise
+            bonf = holm = p
+        else:
+            bonf, holm = adjust(p, "bonferroni"), adjust(p, "holm")
+        for k, i in enumerate(members):
+            rows[i].update(p_bonferroni=float(bonf[k]), p_holm=float(holm[k]), family_size=len(members))
