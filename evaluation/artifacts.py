@@ -51,7 +51,7 @@ from featurestore.layout.records import (
 from featurestore.store import Store
 from featurestore.tasks import get_kind
 
-EVAL_VERSION = 1  # bump when a metric's definition changes: old and new numbers never share an id
+EVAL_VERSION = 2  # bump when a metric's definition changes: old and new numbers never share an id
 TABLES = EVAL_TABLES
 
 
@@ -77,6 +77,7 @@ def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
     if len(ids) == 0:
         raise RadstoreError(f"run {run_id} has no test predictions; retrain it with a test split")
     kind = get_kind(meta.task_kind)
+    threshold = None
     if kind.dense:
         rows = pred.column("mask_row").to_numpy()
         p, t = (a[:] for a in open_masks(store, run_id))
@@ -84,15 +85,8 @@ def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
         if np.isnan(prob).any():
             bad = ids[np.isnan(prob).reshape(len(ids), -1).any(1)]
             raise RadstoreError(f"run {run_id}: predicted masks of {', '.join(bad[:5])} contain NaN (incomplete run?)")
-        pm, tm = prob > cfg.threshold, t[rows] > 0
-        dice, iou = M.per_image_overlap(tm, pm, cfg.empty_both)
-        arrays = {
-            "dice": dice,
-            "iou": iou,
-            "mask_row": rows,
-            "true_pixels": tm.reshape(len(ids), -1).sum(1),
-            "predicted_pixels": pm.reshape(len(ids), -1).sum(1),
-        }
+        threshold = cfg.threshold if cfg.threshold is not None else float(meta.get("operating_points", {}).get("threshold", 0.5))
+        arrays = {**M.mask_arrays(t[rows], prob, threshold, cfg.empty_both), "mask_row": rows}
     else:
         arrays = {
             "y": pred.column("label").to_numpy().astype(np.float64),
@@ -103,7 +97,7 @@ def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
                 bad = ids[~np.isfinite(a)]
                 col = kind.prediction if name == "prediction" else name
                 raise RadstoreError(f"run {run_id}: {col} is NaN/Inf for {', '.join(bad[:5])}; the run is unusable")
-    return RunData(meta, ids, arrays, sha)
+    return RunData(meta, ids, arrays, sha, threshold)
 
 
 # -- selection ---------------------------------------------------------------------------------
@@ -214,6 +208,15 @@ def read_evaluation(store: Store, eval_id: str | None = None) -> tuple[Evaluatio
     return read_evaluation_record(store, eval_id), read_evaluation_tables(store, eval_id)
 
 
+def format_value(m: dict) -> str:
+    """A metric row as people read it: value [CI], or why there is no number."""
+    if m.get("status") == "insufficient":
+        return f"insufficient ({m['n_pos']} pos / {m['n_neg']} neg)"
+    if m["value"] is None or np.isnan(m["value"]):
+        return "n/a"
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
 def results_table(metrics: pa.Table, primary_only: bool = True) -> list[dict]:
     """Rows "encoder x head x task: value [low, high]" for printing (the study's table)."""
     rows = []
@@ -227,8 +230,9 @@ def results_table(metrics: pa.Table, primary_only: bool = True) -> list[dict]:
                 "encoder": m["encoder"],
                 "fold": "" if m["fold"] is None else m["fold"],
                 "metric": m["metric"],
-                "value [95% CI]": f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
+                "value [95% CI]": format_value(m),
                 "n": m["n"],
+                "pos/neg": "" if m.get("n_pos") is None else f"{m['n_pos']}/{m['n_neg']}",
             }
         )
     return sorted(rows, key=lambda r: (r["task"], r["head"], str(r["fold"]), r["encoder"]))

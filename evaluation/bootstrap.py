@@ -39,10 +39,28 @@ class CI:
         return asdict(self)
 
 
-def resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+def resample_indices(n: int, resamples: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
     """The [resamples, n] image indices drawn with replacement from ``seed``: the same seed gives the
-    same matrix, which is what lets paired comparisons share their resamples."""
-    return np.random.default_rng(seed).integers(0, n, (resamples, n))
+    same matrix, which is what lets paired comparisons share their resamples.
+
+    With ``strata`` (one label per image, e.g. the 0/1 classes) every resample draws within each
+    stratum as many images as it holds, so each resample keeps the class counts of the data and
+    none has a single class (an AUROC resample with one class is undefined and was dropped,
+    which narrowed the interval at few positives). Column j of a row is an image of column j's
+    stratum. Without ``strata`` the matrix is exactly the unstratified one drawn before (stored
+    evaluations and scipy's ``bootstrap`` depend on it).
+    """
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return rng.integers(0, n, (resamples, n))
+    strata = np.asarray(strata)
+    if strata.shape != (n,):
+        raise ValueError(f"strata needs one label per image ({n}), got shape {strata.shape}")
+    out = np.empty((resamples, n), np.int64)
+    for label in np.unique(strata):  # sorted labels: the same strata and seed give the same matrix
+        members = np.flatnonzero(strata == label)
+        out[:, members] = members[rng.integers(0, len(members), (resamples, len(members)))]
+    return out
 
 
 def _jackknife(metric: Metric, arrays: tuple, n: int, max_elems: int = 20_000_000) -> np.ndarray:
@@ -68,8 +86,15 @@ def bootstrap_ci(
     method: str = "percentile",
     confidence: float = 0.95,
     idx: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
 ) -> CI:
-    """CI of ``metric(*arrays)`` by resampling images (the arrays' first axis) with replacement."""
+    """CI of ``metric(*arrays)`` by resampling images (the arrays' first axis) with replacement.
+
+    ``strata`` (e.g. the labels of a classification task) draws the resamples within each class
+    (:func:`resample_indices`), so that no resample has a single class; ignored when ``idx`` is
+    given. For AUROC prefer :func:`evaluation.compare.delong_ci`: it is the interval that covers
+    at 10-50 positives (README, *Intervals that cover*).
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     n = len(arrays[0])
@@ -77,7 +102,7 @@ def bootstrap_ci(
         raise ValueError("all arrays need one entry per image")
     value = float(metric(*arrays, np.arange(n)[None, :])[0])
     if idx is None:
-        idx = resample_indices(n, resamples, seed)
+        idx = resample_indices(n, resamples, seed, strata=strata)
     boot = metric(*arrays, idx)
     boot = boot[np.isfinite(boot)]  # e.g. resamples with a single class have no AUROC
     alpha = (1 - confidence) / 2

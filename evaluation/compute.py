@@ -21,7 +21,7 @@ from scipy import stats
 
 from evaluation import metrics as M
 from evaluation.bootstrap import bootstrap_ci, resample_indices
-from evaluation.compare import adjust, delong, friedman_nemenyi, paired_bootstrap
+from evaluation.compare import adjust, delong, delong_ci, friedman_nemenyi, paired_bootstrap
 from evaluation.config import EvalConfig
 from featurestore.errors import RadstoreError
 from featurestore.layout import EVAL_TABLES
@@ -34,8 +34,9 @@ class RunData:
 
     meta: dict[str, Any]
     image_ids: np.ndarray
-    arrays: dict[str, np.ndarray]  # global kinds: y, prediction; mask kinds: dice, iou and pixel counts
+    arrays: dict[str, np.ndarray]  # global kinds: y, prediction; mask kinds: evaluation.metrics.PER_IMAGE
     sha256: str
+    threshold: float | None = None  # mask kinds: the probability threshold the masks were cut at
 
     @property
     def key(self) -> tuple:
@@ -55,6 +56,43 @@ def _aligned(runs: list[RunData]) -> tuple[np.ndarray, list[np.ndarray]]:
 def _take(r: RunData, pos: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
     order = np.argsort(r.image_ids)
     return tuple(r.arrays[n][order][pos] for n in names)
+
+
+def class_counts(spec: Any, arrays: dict[str, np.ndarray]) -> tuple[int | None, int | None]:
+    """(positives, negatives) of a test set: labels of a classification-like kind, non-empty and
+    empty true masks of a mask kind; (None, None) where classes mean nothing (regression)."""
+    if spec.dense:
+        k = int(np.asarray(arrays["nonempty"]).sum())
+        return k, len(arrays["nonempty"]) - k
+    y = np.asarray(arrays["y"])
+    if not np.isin(y, (0, 1)).all():
+        return None, None
+    k = int(y.sum())
+    return k, len(y) - k
+
+
+def interval(m: M.Metric, arrays: tuple, cfg: EvalConfig, idx: np.ndarray) -> Any:
+    """The metric with its interval by the configured method. ``auto`` (the default) takes the
+    method that covers in simulation (tests/evaluation/test_coverage.py, README): the
+    logit-transformed DeLong interval for AUROC, BCa over the (stratified) resamples otherwise."""
+    method = cfg.method
+    if method == "auto":
+        if m.name == "auroc" and m.inputs == M.GLOBAL_INPUTS:
+            return delong_ci(arrays[0], arrays[1], cfg.confidence)
+        method = "bca"
+    return bootstrap_ci(m.fn, arrays, resamples=cfg.resamples, seed=cfg.seed, method=method, confidence=cfg.confidence, idx=idx)
+
+
+def primary_metric(spec: Any, cfg: EvalConfig) -> str:
+    """The headline metric of a kind: the kind's first, unless the configuration names another."""
+    return cfg.primary.get(spec.name, spec.metrics[0])
+
+
+def _insufficient(m: M.Metric, counts: tuple[int | None, int | None], cfg: EvalConfig) -> bool:
+    """A class-based metric on fewer than ``cfg.min_class_count`` of either class says nothing
+    reliable: no number, no interval, no comparison."""
+    pos, neg = counts
+    return m.class_based and (pos is None or min(pos, neg) < cfg.min_class_count)
 
 
 def _labels(group: list[RunData]) -> list[str]:
@@ -77,20 +115,24 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
         ids, positions = _aligned(group)
         if len(ids) == 0:
             raise RadstoreError(f"{task}/{head}: the runs {', '.join(r.meta['run_id'] for r in group)} share no test image")
-        idx = resample_indices(len(ids), cfg.resamples, cfg.seed)  # the same resamples for every encoder: paired
+        first = {
+            k: v
+            for k, v in zip(M.PER_IMAGE if spec.dense else ("y",), _take(group[0], positions[0], M.PER_IMAGE if spec.dense else ("y",)))
+        }
+        counts = class_counts(spec, first)
+        # Class-based and mask metrics resample within each class (no one-class resamples, a
+        # constant number of empty and non-empty masks); the same
+        # resamples for every encoder of the group make the comparisons paired.
+        stratify = (spec.dense or any(M.get_metric(m).class_based for m in spec.metrics)) and counts[0] is not None
+        strata = (first["nonempty"] if spec.dense else first["y"]) if stratify else None
+        idx = resample_indices(len(ids), cfg.resamples, cfg.seed, strata=strata)
         base = {"task": task, "head": head, "fold": fold}
+        headline = primary_metric(spec, cfg)
         for r, label, pos in zip(group, labels, positions):
-            for j, metric in enumerate(spec.metrics):
+            for metric in spec.metrics:
                 m = M.get_metric(metric)
-                ci = bootstrap_ci(
-                    m.fn,
-                    _take(r, pos, m.inputs),
-                    resamples=cfg.resamples,
-                    seed=cfg.seed,
-                    method=cfg.method,
-                    confidence=cfg.confidence,
-                    idx=idx,
-                )
+                ci = interval(m, _take(r, pos, m.inputs), cfg, idx)
+                short = _insufficient(m, counts, cfg)
                 out["metrics"].append(
                     {
                         **base,
@@ -101,15 +143,19 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
                         "feature_set_id": r.meta["feature_set_id"],
                         "run_id": r.meta["run_id"],
                         "metric": metric,
-                        "primary": j == 0,
-                        "value": ci.value,
-                        "ci_low": ci.low,
-                        "ci_high": ci.high,
+                        "primary": metric == headline,
+                        "value": np.nan if short else ci.value,
+                        "ci_low": np.nan if short else ci.low,
+                        "ci_high": np.nan if short else ci.high,
                         "method": ci.method,
                         "confidence": ci.confidence,
                         "n": ci.n,
                         "resamples": ci.resamples,
                         "seed": ci.seed,
+                        "n_pos": counts[0],
+                        "n_neg": counts[1],
+                        "status": "insufficient" if short else "ok",
+                        "threshold": r.threshold,
                     }
                 )
             if spec.dense:
@@ -144,6 +190,8 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
             }
             for metric in spec.metrics:
                 m = M.get_metric(metric)
+                if _insufficient(m, counts, cfg):
+                    continue  # too few of a class to compare anything
                 d = paired_bootstrap(
                     m.fn,
                     _take(ra, pa_, m.inputs),
@@ -152,6 +200,7 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
                     seed=cfg.seed,
                     confidence=cfg.confidence,
                     idx=idx,
+                    strata=strata,
                 )
                 out["comparisons"].append(
                     {
@@ -166,7 +215,8 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
                         "p": d.p,
                     }
                 )
-            if "auroc" in spec.metrics and not spec.dense:  # DeLong's test of two correlated AUROCs
+            if "auroc" in spec.metrics and not spec.dense and not _insufficient(M.get_metric("auroc"), counts, cfg):
+                # DeLong's test of two correlated AUROCs
                 (ya, sa), (_, sb) = _take(ra, pa_, M.GLOBAL_INPUTS), _take(rb, pb, M.GLOBAL_INPUTS)
                 if 2 <= ya.sum() <= len(ya) - 2:  # DeLong's variance needs two of each class
                     dl = delong(ya, sa, sb)

@@ -194,8 +194,11 @@ class Metric:
     name: str
     display: str
     higher_is_better: bool
-    inputs: tuple[str, ...]  # GLOBAL_INPUTS, or the per-image array of a mask kind ("dice", "iou")
+    inputs: tuple[str, ...]  # GLOBAL_INPUTS, or per-image arrays of a mask kind (PER_IMAGE)
     fn: Callable[..., np.ndarray]
+    #: Ranks positives against negatives (AUROC, AP): resampled within each class, and reported
+    #: only when both classes reach the evaluation's minimum count.
+    class_based: bool = False
 
     def __call__(self, arrays: dict[str, np.ndarray], idx: np.ndarray | None = None) -> np.ndarray:
         """The metric over ``idx`` rows (default: the plain metric, one row)."""
@@ -206,11 +209,12 @@ class Metric:
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, display: str, higher_is_better: bool, inputs: tuple[str, ...] = GLOBAL_INPUTS):
+def register_metric(name: str, display: str, higher_is_better: bool, inputs: tuple[str, ...] = GLOBAL_INPUTS,
+                    class_based: bool = False):  # fmt: skip
     """Decorator adding a vectorised metric ``fn(*arrays, idx) -> [R]`` to :data:`METRICS`."""
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        METRICS[name] = Metric(name, display, higher_is_better, tuple(inputs), fn)
+        METRICS[name] = Metric(name, display, higher_is_better, tuple(inputs), fn, class_based)
         return fn
 
     return deco
@@ -223,12 +227,46 @@ def get_metric(name: str) -> Metric:
     return METRICS[name]
 
 
-#: Per-image arrays a mask kind's run provides (what its metrics may take as inputs).
-PER_IMAGE = ("dice", "iou")
+def mean_where(values: np.ndarray, where: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Mean of per-image ``values`` over the images of each resample row with ``where`` set
+    (NaN for a row that has none): Dice on non-empty masks, the false-positive rate on empty ones."""
+    idx = np.asarray(idx)
+    w = np.asarray(where, np.float64)
+    v = np.where(w > 0, np.asarray(values, np.float64), 0.0)
+    out = np.empty(len(idx))
 
-register_metric("auroc", "AUROC", True)(auroc)
-register_metric("auprc", "AP", True)(average_precision)
+    def block(a: int, b: int) -> None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[a:b] = v[idx[a:b]].sum(1) / w[idx[a:b]].sum(1)
+
+    _each_block(block, *idx.shape)
+    return out
+
+
+def mask_arrays(truth: np.ndarray, prob: np.ndarray, threshold: float, empty_both: str = "one") -> dict[str, np.ndarray]:
+    """Every per-image array the mask metrics take, from true masks and predicted probabilities
+    ([n, H, W]): one place decides what "Dice", "empty" and "a false positive" mean."""
+    t = truth.reshape(len(truth), -1) > 0
+    pm = prob.reshape(len(prob), -1) > threshold
+    dice, iou = per_image_overlap(t, pm, empty_both)
+    dice_05, _ = per_image_overlap(t, prob.reshape(len(prob), -1) > 0.5, empty_both)
+    nonempty = t.any(1)
+    return {"dice": dice, "iou": iou, "dice_05": dice_05, "nonempty": nonempty.astype(np.float64),
+            "empty": (~nonempty).astype(np.float64), "predicted_any": pm.any(1).astype(np.float64),
+            "true_pixels": t.sum(1), "predicted_pixels": pm.sum(1)}  # fmt: skip
+
+
+#: Per-image arrays a mask kind's run provides (what its metrics may take as inputs): Dice and
+#: IoU at the run's threshold, Dice at 0.5, whether the true mask is non-empty / empty, and
+#: whether anything was predicted (a false positive on an empty image).
+PER_IMAGE = ("dice", "iou", "dice_05", "nonempty", "empty", "predicted_any")
+
+register_metric("auroc", "AUROC", True, class_based=True)(auroc)
+register_metric("auprc", "AP", True, class_based=True)(average_precision)
 register_metric("r2", "R²", True)(r2)
 register_metric("mae", "MAE", False)(mae)
-register_metric("dice", "Dice", True, ("dice",))(mean_of)
+register_metric("dice_nonempty", "Dice (non-empty masks)", True, ("dice", "nonempty"))(mean_where)
+register_metric("dice", "Dice (all images)", True, ("dice",))(mean_of)
+register_metric("fp_empty", "FP rate (empty masks)", False, ("predicted_any", "empty"))(mean_where)
 register_metric("iou", "IoU", True, ("iou",))(mean_of)
+register_metric("dice_05", "Dice at 0.5", True, ("dice_05",))(mean_of)

@@ -125,7 +125,17 @@ def prediction_columns() -> tuple[str, ...]:
 for _kind in (
     TaskKind("classification", "global", "score", "classification", ("auroc", "auprc"), ("linear",)),
     TaskKind("regression", "global", "value", "regression", ("r2", "mae"), ("linear",)),
-    TaskKind("segmentation", "patches", MASK, "segmentation", ("dice", "iou"), ("linear", "cross-attention")),
+    # Mask kinds: Dice on images with a true mask (the headline; the evaluation's ``primary``
+    # config can name another), the mean Dice over all images (an empty truth predicted empty
+    # counts 1), the false-positive rate on empty images, IoU, and Dice at a fixed 0.5.
+    TaskKind(
+        "segmentation",
+        "patches",
+        MASK,
+        "segmentation",
+        ("dice_nonempty", "dice", "fp_empty", "iou", "dice_05"),
+        ("linear", "cross-attention"),
+    ),
 ):
     register_kind(_kind)
 

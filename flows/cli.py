@@ -316,8 +316,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``radstore`` parser; choices and defaults come from the configs and registries."""
-    from evaluation.bootstrap import METHODS
-    from evaluation.config import EvalConfig
+    from evaluation.config import CI_METHODS, EvalConfig
     from evaluation.metrics import EMPTY_CONVENTIONS
     from featurestore.config import BITS, DEVICES, ExtractConfig
     from featurestore.tasks import TASKS, all_heads
@@ -385,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(s, TrainConfig, "lr", "AdamW learning rate")
     config_option(s, TrainConfig, "max_epochs", "most epochs (early stopping on the validation loss ends sooner)")
     config_option(s, TrainConfig, "patience", "epochs without a better validation loss before stopping")
+    config_option(s, TrainConfig, "min_delta", "smallest fall of the validation loss that counts as better")
+    config_option(s, TrainConfig, "min_epochs", "never stop before this many epochs")
+    config_option(s, TrainConfig, "min_val_positives", "warn when validation has fewer positives or negatives than this")
     config_option(s, TrainConfig, "batch_size", "images per step")
     config_option(s, TrainConfig, "seg_loss", "segmentation loss", choices=SEG_LOSSES)
     config_option(s, TrainConfig, "target_size", "segmentation target resolution")
@@ -404,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--all", action="store_true", help="the latest run of every task x head x fold x feature set")
     config_option(s, EvalConfig, "resamples", "bootstrap resamples")
     config_option(s, EvalConfig, "seed", "seed of the bootstrap resamples")
-    config_option(s, EvalConfig, "method", "confidence interval method", choices=METHODS)
+    config_option(s, EvalConfig, "method", "confidence interval method (auto: logit DeLong for AUROC, BCa otherwise)", choices=CI_METHODS)
     config_option(
         s,
         EvalConfig,

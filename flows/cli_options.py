@@ -64,6 +64,20 @@ def config_values(args: argparse.Namespace, cls: type, names: Sequence[str] | No
 
 
 #: The TrainConfig fields `radstore train` exposes (task, head and fold are chosen per run).
-TRAIN_OPTIONS = ("seed", "lr", "max_epochs", "patience", "batch_size", "seg_loss", "target_size", "device", "folds", "solver")
+TRAIN_OPTIONS = (
+    "seed",
+    "lr",
+    "max_epochs",
+    "patience",
+    "min_delta",
+    "min_epochs",
+    "min_val_positives",
+    "batch_size",
+    "seg_loss",
+    "target_size",
+    "device",
+    "folds",
+    "solver",
+)
 EXTRACT_OPTIONS = ("weights", "size", "bits", "batch_size", "device", "num_workers", "shard_images")
 EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold")

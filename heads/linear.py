@@ -1,9 +1,13 @@
 """Linear probes, as in the study: one linear layer on the global embedding; one 1x1 convolution
 on the patch grid with logits upsampled bilinearly to the target resolution.
 
-Inputs are standardised by a BatchNorm without affine parameters (running statistics of the
-training data), so the probe stays an affine map of the frozen embedding at inference while
-training does not depend on the embedding's scale.
+Inputs are standardised by a :class:`Standardiser` with FIXED per-channel statistics of the
+training split (computed once before training, :func:`heads.train.fit_standardisers`, stored as
+buffers so ``head.pt`` is self-contained). A BatchNorm's running statistics kept moving while
+the probe trained, so the validation loss swung by more than an epoch's gain and early stopping
+fired on noise. The probe stays an affine map of the frozen embedding, and its last layer starts
+at zero (a constant prediction: the prior for regression, p = 0.5 otherwise), so training only
+ever moves it towards the signal.
 """
 
 from __future__ import annotations
@@ -18,6 +22,34 @@ from featurestore.tasks import TaskKind
 from heads.registry import register_head
 
 
+class Standardiser(nn.Module):
+    """``(x - mean) / std`` per channel (dim 1) with fixed buffers: a BatchNorm that never updates,
+    so validation losses of successive epochs are comparable and the saved head is self-contained.
+
+    ``input`` names the embedding it standardises ("global" or "patches"), which is what
+    :func:`heads.train.fit_standardisers` reads to compute its statistics.
+    """
+
+    def __init__(self, channels: int, input: str):
+        super().__init__()
+        self.input = input
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+
+    def set_stats(self, mean, std) -> None:
+        """Fix the statistics (per channel); a std of (near) zero becomes 1 (a constant channel)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, C, ...] standardised channel by channel."""
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+
 class LinearProbe(nn.Module):
     """``out`` logits (classification) or one value (regression, on the target's own scale:
     the layer predicts the standardised target, ``y_mean``/``y_std`` of the training split
@@ -25,8 +57,10 @@ class LinearProbe(nn.Module):
 
     def __init__(self, dim: int, out: int, y_mean: float = 0.0, y_std: float = 1.0):
         super().__init__()
-        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.norm = Standardiser(dim, "global")
         self.fc = nn.Linear(dim, out)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
         self.register_buffer("y_mean", torch.tensor(float(y_mean)))
         self.register_buffer("y_std", torch.tensor(float(y_std)))
 
@@ -42,8 +76,10 @@ class LinearSegProbe(nn.Module):
 
     def __init__(self, channels: int, target_size: int):
         super().__init__()
-        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.norm = Standardiser(channels, "patches")
         self.conv = nn.Conv2d(channels, 1, kernel_size=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
         self.target_size = target_size
 
     def forward(self, g: torch.Tensor | None, patches: torch.Tensor) -> torch.Tensor:

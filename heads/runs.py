@@ -24,8 +24,10 @@ RUNTIME_ONLY = ("progress", "device")
 
 def save_run(store: Store, task: TaskDef, config: dict[str, Any], feature_set_id: str, encoder: str, curve: list[dict],
              best_epoch: int, test_metrics: dict[str, float], splits: dict[str, int], model: torch.nn.Module,
-             ids: list[str], pred: np.ndarray, y: np.ndarray) -> str:  # fmt: skip
-    """Commit a trained head with its test predictions; returns the new run id."""
+             ids: list[str], pred: np.ndarray, y: np.ndarray, operating_points: dict[str, float] | None = None,
+             val_counts: dict[str, int] | None = None, warnings: dict[str, str] | None = None) -> str:  # fmt: skip
+    """Commit a trained head with its test predictions; returns the new run id. ``operating_points``
+    (e.g. the mask threshold chosen on validation), ``val_counts`` and ``warnings`` go into the record."""
     kind = task.spec
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
@@ -34,9 +36,11 @@ def save_run(store: Store, task: TaskDef, config: dict[str, Any], feature_set_id
         head=config["head"], feature_set_id=feature_set_id, encoder=encoder, seed=config["seed"], fold=config["fold"],
         config=config, code_version=code_version(), created_at=datetime.now(UTC).isoformat(),
         best_epoch=best_epoch, epochs=len(curve), curve=curve, splits=splits, test_metrics=test_metrics,
+        operating_points=dict(operating_points or {}), val_counts=dict(val_counts or {}), warnings=dict(warnings or {}),
     )  # fmt: skip
+    threshold = float(rec.operating_points.get("threshold", 0.5))
     masks = (pred, (y > 0.5).astype(np.uint8)) if kind.dense else None
-    return write_run(store, rec, buf.getvalue(), predictions_table(kind, ids, pred, y), masks)
+    return write_run(store, rec, buf.getvalue(), predictions_table(kind, ids, pred, y, threshold), masks)
 
 
 def find_run(store: Store, feature_set_id: str, config: dict[str, Any], newer_than: datetime | None = None,

@@ -2,7 +2,13 @@
 
 Defaults as in the study: AdamW (lr 1e-4, weight decay 1e-2), batch size 16, early stopping on
 the validation loss (patience 5, best weights restored), at most 500 epochs, fixed seeds, bf16
-autocast on CUDA. What a task kind trains against (its loss and how the head's output becomes
+autocast on CUDA. Early stopping also has a minimum improvement (``min_delta``) and a minimum
+number of epochs (``min_epochs``); linear probes standardise their inputs with statistics of the
+training split fixed before training (:func:`fit_standardisers`). A mask kind's threshold is
+chosen on the validation split (:mod:`heads.operating_points`) and recorded in the run; a
+validation split with too few positives or negatives is warned about and recorded.
+
+What a task kind trains against (its loss and how the head's output becomes
 the prediction) is its objective (heads.objectives); which head is built comes from the head
 registry (heads.registry); nothing here depends on a kind's name.
 """
@@ -13,20 +19,22 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from evaluation.metrics import get_metric, per_image_overlap
+from evaluation.metrics import get_metric, mask_arrays
 from featurestore.extract import resolve_device
 from featurestore.featureset import FeatureSet
 from featurestore.store import Store
 from featurestore.tasks import TaskDef, get_task
 from heads.config import TrainConfig
 from heads.data import StreamingLoader, load_labels, mask_targets, split_indices
-from heads.linear import LinearProbe
+from heads.linear import LinearProbe, Standardiser
 from heads.objectives import get_objective, target_scale
+from heads.operating_points import choose_threshold, score_thresholds
 from heads.registry import get_head
 from heads.runs import save_run
 
@@ -42,6 +50,9 @@ class TrainResult:
     curve: list[dict] = field(default_factory=list)
     test: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    operating_points: dict[str, float] = field(default_factory=dict)
+    val_counts: dict[str, int] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)
 
 
 def build_head(task: TaskDef, cfg: TrainConfig, fs: FeatureSet, y_train: np.ndarray | None = None) -> torch.nn.Module:
@@ -72,6 +83,68 @@ def _to(x, device):
     return None if x is None else x.to(device, non_blocking=True)
 
 
+def fit_standardisers(model: torch.nn.Module, loader: StreamingLoader) -> dict[str, int]:
+    """Fix every :class:`~heads.linear.Standardiser` of ``model`` to the per-channel mean and std
+    of its input over ``loader`` (the training split, one pass, float64 sums; patch grids pool
+    over positions). Returns how many rows each input's statistics came from."""
+    stds = [m for m in model.modules() if isinstance(m, Standardiser)]
+    if not stds:
+        return {}
+    acc: dict[str, list] = {}
+    for b in loader:
+        for name, x in (("global", b.g), ("patches", b.patches)):
+            if x is None or name not in {m.input for m in stds}:
+                continue
+            x = x.double()
+            dims = [0, *range(2, x.dim())]
+            n = x.numel() // x.shape[1]
+            s, q = x.sum(dims), (x * x).sum(dims)
+            if name in acc:
+                acc[name][0] += s
+                acc[name][1] += q
+                acc[name][2] += n
+            else:
+                acc[name] = [s, q, n]
+    for m in stds:
+        if m.input not in acc:
+            raise RuntimeError(f"no {m.input} input in the training loader to standardise")
+        s, q, n = acc[m.input]
+        mean = s / n
+        var = (q / n - mean * mean).clamp_min(0)
+        m.set_stats(mean.float(), var.sqrt().float())
+    return {k: v[2] for k, v in acc.items()}
+
+
+def validation_counts(task: TaskDef, y_val) -> dict[str, int]:
+    """Positives and negatives of the validation split: labels for classification, images with a
+    non-empty / empty mask for a mask kind; empty for other kinds (regression)."""
+    kind = task.spec
+    if kind.dense:
+        pos = int(sum(bool(np.asarray(m).any()) for m in y_val))
+        return {"positives": pos, "negatives": len(y_val) - pos}
+    if get_objective(kind.objective).lbfgs == "logistic":  # a binary label
+        y = np.asarray(y_val) > 0.5
+        return {"positives": int(y.sum()), "negatives": int((~y).sum())}
+    return {}
+
+
+def validation_warning(task: TaskDef, counts: dict[str, int], minimum: int) -> str | None:
+    """The warning for a validation split with fewer than ``minimum`` positives or negatives
+    (None when it has enough, or nothing is counted for the kind). A mask kind needs only
+    images with a non-empty mask: an organ present in every image (the heart) is not a defect,
+    and the per-image Dice that picks its threshold is carried by the positive images."""
+    if not counts:
+        return None
+    short = counts["positives"] < minimum or (not task.spec.dense and counts["negatives"] < minimum)
+    if not short:
+        return None
+    if task.spec.dense:
+        what = f"{counts['positives']} images with a non-empty mask (of {counts['positives'] + counts['negatives']})"
+    else:
+        what = f"{counts['positives']} positive and {counts['negatives']} negative labels"
+    return f"{task.name}: the validation split has {what}, fewer than {minimum}; early stopping and the operating point chosen on it are unreliable"
+
+
 def quick_metrics(task: TaskDef, pred: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """The run's own summary on its test split: the kind's metrics without intervals (the
     evaluation computes intervals and comparisons). Mask kinds are thresholded at
@@ -79,8 +152,8 @@ def quick_metrics(task: TaskDef, pred: np.ndarray, y: np.ndarray, threshold: flo
     kind = task.spec
     if kind.dense:
         t = y > 0.5
-        dice, iou = per_image_overlap(t, pred > threshold)
-        arrays = {"dice": dice, "iou": iou}
+        arrays = mask_arrays(t, pred, threshold)
+        dice = arrays["dice"]
     else:
         arrays = {"y": np.asarray(y, np.float64), "prediction": np.asarray(pred, np.float64)}
     out = {m: float(get_metric(m)(arrays)[0]) for m in kind.metrics}
@@ -125,12 +198,19 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
 
     train_l, val_l, test_l = loader("train", True), loader("val", False), loader("test", False)
     y_train = labels.values[splits["train"]]
-    model = build_head(task, cfg, fs, y_train).to(device)
+    model = build_head(task, cfg, fs, y_train)
+    fit_standardisers(model, loader("train", False))  # fixed input statistics of the training split
+    model = model.to(device)
+    val_counts = validation_counts(task, _Rows(y_all, splits["val"]) if kind.dense else y_all[splits["val"]])
+    warned = validation_warning(task, val_counts, cfg.min_val_positives)
+    if warned:
+        warnings.warn(warned, stacklevel=2)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fg = float(np.mean([y_all[i].mean() for i in splits["train"][:512]])) if kind.dense else None
     loss_fn = get_objective(kind.objective).make_loss(y_train, cfg, fg)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     best, best_state, best_epoch, bad = math.inf, None, -1, 0
+    ref = math.inf  # the validation loss of the last improvement by more than min_delta
     curve: list[dict] = []
     lbfgs = cfg.solver == "lbfgs" and get_objective(kind.objective).lbfgs is not None  # mask kinds train with AdamW
     if lbfgs:
@@ -165,17 +245,26 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         row = {"epoch": epoch, "train_loss": tl / max(tn, 1), "val_loss": vl / max(vn, 1), "seconds": time.perf_counter() - te}
         curve.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}", best=best_epoch)
-        if row["val_loss"] < best - 1e-7:
-            best, best_state, best_epoch, bad = row["val_loss"], copy.deepcopy(model.state_dict()), epoch, 0
+        if row["val_loss"] < best:  # the weights kept: the lowest validation loss seen
+            best, best_state, best_epoch = row["val_loss"], copy.deepcopy(model.state_dict()), epoch
+        if row["val_loss"] < ref - cfg.min_delta:  # progress that resets the patience
+            ref, bad = row["val_loss"], 0
         else:
             bad += 1
-            if bad >= cfg.patience:
-                break
+        if bad >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+            break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    operating_points: dict[str, float] = {}
+    if kind.dense:  # the mask threshold: the one maximising mean Dice on the validation split
+        _, vpred, vy = _predict(model, val_l, task, device, autocast)
+        t = choose_threshold(vy, vpred, objective="dice")
+        val_dice = score_thresholds(vy, vpred, "dice", np.array([t]))[0]
+        operating_points = {"threshold": t, "val_dice": float(val_dice)}
+        del vpred, vy
     ids, pred, y = _predict(model, test_l, task, device, autocast)
-    metrics = quick_metrics(task, pred, y)
+    metrics = quick_metrics(task, pred, y, operating_points.get("threshold", 0.5))
     run_id = save_run(
         store,
         task,
@@ -190,8 +279,12 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         ids,
         pred,
         y,
+        operating_points,
+        val_counts,
+        {"validation_warning": warned} if warned else {},
     )
-    return TrainResult(run_id, best_epoch, len(curve), curve, metrics, time.perf_counter() - t0)
+    return TrainResult(run_id, best_epoch, len(curve), curve, metrics, time.perf_counter() - t0, operating_points, val_counts,
+                       {"validation_warning": warned} if warned else {})  # fmt: skip
 
 
 def _collect(loader: StreamingLoader) -> tuple[np.ndarray, np.ndarray]:
@@ -230,8 +323,7 @@ def fit_lbfgs_probe(task: TaskDef, model: LinearProbe, train_l: StreamingLoader,
             best = (loss, coef, icpt)
     _, coef, icpt = best
     with torch.no_grad():
-        model.norm.running_mean.copy_(torch.from_numpy(mu).float())
-        model.norm.running_var.copy_(torch.from_numpy(sd**2 - model.norm.eps).clamp_min(0).float())
+        model.norm.set_stats(torch.from_numpy(mu), torch.from_numpy(sd))
         model.fc.weight.zero_()
         model.fc.bias.zero_()
         row = 1 if method == "logistic" else 0  # logits [0, w.z + b]: softmax[:, 1] = sigmoid(w.z + b)

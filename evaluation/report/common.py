@@ -39,6 +39,19 @@ def fmt_ci(value: Any, low: Any, high: Any) -> str:
     return "n/a" if fmt(value) == "n/a" else f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
 
 
+def fmt_row(r: dict) -> str:
+    """A metric row's cell: ``value [low, high]``, or why there is no number (too few of a
+    class: the counts say how few)."""
+    if r.get("status") == "insufficient":
+        return f"insufficient ({r['n_pos']} pos / {r['n_neg']} neg)"
+    return fmt_ci(r["value"], r["ci_low"], r["ci_high"])
+
+
+def fmt_counts(r: dict) -> str:
+    """``n`` of a metric row, with its class counts where the task has classes."""
+    return str(r["n"]) if r.get("n_pos") is None else f"{r['n']} ({r['n_pos']}/{r['n_neg']})"
+
+
 def fmt_p(p: Any) -> str:
     """A p-value: three decimals, "<0.001" below that (more digits suggest a precision a
     bootstrap of a few hundred resamples does not have)."""

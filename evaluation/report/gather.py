@@ -52,10 +52,16 @@ class ReportData:
         """The configuration the evaluation ran with (a copy of the record's)."""
         return dict(self.record.config)
 
-    @property
-    def threshold(self) -> float:
-        """The probability above which a pixel counted as predicted in the evaluation."""
-        return float(self.config.get("threshold", 0.5))
+    def threshold(self, run_id: str) -> float:
+        """The probability above which a pixel of ``run_id`` counted as predicted: the run's
+        own (chosen on its validation split) unless the evaluation forced one."""
+        forced = self.config.get("threshold")
+        if forced is not None:
+            return float(forced)
+        for m in self.metrics:
+            if m["run_id"] == run_id and m.get("threshold") is not None:
+                return float(m["threshold"])
+        return 0.5
 
 
 def gather(store: Store, eval_id: str | None = None, overlays: int = 3) -> ReportData:

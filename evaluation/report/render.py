@@ -129,7 +129,7 @@ def _masks(ctx: Context, kind: str, tasks: list[str]) -> list[tuple[str, list[Bl
     overlays = []
     for t in tasks:
         ov = ctx.data.overlays.get(t)
-        png = overlay_figure(ov, ctx.data.threshold) if ov is not None else None
+        png = overlay_figure(ov, ctx.data.threshold(ov.run_id)) if ov is not None else None
         if png is None:
             overlays.append(Block(note=f"{t}: no overlay (overlays=0 or no finite Dice)."))
             continue

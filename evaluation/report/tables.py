@@ -14,7 +14,9 @@ from evaluation.report.common import (
     finite,
     fmt,
     fmt_ci,
+    fmt_counts,
     fmt_p,
+    fmt_row,
     fold_key,
     fold_text,
     higher_is_better,
@@ -89,7 +91,7 @@ def results_table(rows: list[dict]) -> Table:
                 continue
             is_best = (t, f) in best and finite(r["value"]) and abs(r["value"] - best[(t, f)]) <= 1e-12
             klass = "num best" if is_best else ("num" if finite(r["value"]) else "num na")
-            row.append(Cell(fmt_ci(r["value"], r["ci_low"], r["ci_high"]), klass, data, bold=is_best))
+            row.append(Cell(fmt_row(r), klass, data, bold=is_best))
         body.append(row)
     return Table(header, body, "results")
 
@@ -118,12 +120,12 @@ def all_metrics_table(metrics: list[dict], tasks: list[str]) -> Table:
                 Cell(m["encoder"]),
                 Cell(metric_display(m["metric"]) + (" (primary)" if m["primary"] else "")),
                 _num(fmt(m["value"]), ok),
-                _num(f"[{fmt(m['ci_low'])}, {fmt(m['ci_high'])}]", ok),
-                _num(m["n"]),
+                _num(f"[{fmt(m['ci_low'])}, {fmt(m['ci_high'])}]" if m.get("status") != "insufficient" else "insufficient", ok),
+                _num(fmt_counts(m)),
                 Cell(m["method"]),
             ]
         )
-    return Table(_header("task", "head", "split", "encoder", "metric", "value", "CI", "n", "CI method"), rows)
+    return Table(_header("task", "head", "split", "encoder", "metric", "value", "CI", "n (pos/neg)", "CI method"), rows)
 
 
 def comparisons_table(comparisons: list[dict], tasks: list[str]) -> Table:
@@ -242,7 +244,8 @@ def meta_table(record: Mapping, store_url: str, correction: str) -> Table:
         ("CI method", cfg.get("method")),
         ("confidence", cfg.get("confidence")),
         ("Dice of an empty true and empty predicted mask", cfg.get("empty_both")),
-        ("segmentation threshold", cfg.get("threshold")),
+        ("segmentation threshold", "each run's, chosen on validation" if cfg.get("threshold") is None else cfg.get("threshold")),
+        ("fewest positives and negatives for AUROC/AP", cfg.get("min_class_count")),
         ("multiple-comparison correction in the figures", correction),
         ("runs", len(record.get("runs", []))),
         ("report generated", datetime.now(UTC).replace(microsecond=0).isoformat()),

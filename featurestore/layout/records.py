@@ -95,6 +95,12 @@ class RunRecord(_JsonRecord):
     curve: list[dict] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)
     test_metrics: dict[str, float] = field(default_factory=dict)
+    # Chosen on the validation split, e.g. {"threshold": 0.37} for a mask kind (absent: 0.5).
+    operating_points: dict[str, float] = field(default_factory=dict)
+    # Positives / negatives of the validation split (labels; images with non-empty / empty masks).
+    val_counts: dict[str, int] = field(default_factory=dict)
+    # e.g. {"validation_warning": "..."} when the validation split cannot support selection.
+    warnings: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     _REQUIRED: ClassVar[tuple[str, ...]] = ("run_id", "task", "task_kind", "head", "feature_set_id", "encoder", "config", "created_at")
@@ -105,14 +111,15 @@ class RunRecord(_JsonRecord):
         return datetime.fromisoformat(self.created_at)
 
 
-def predictions_table(kind: TaskKind, ids: list[str], pred: np.ndarray, y: np.ndarray) -> pa.Table:
+def predictions_table(kind: TaskKind, ids: list[str], pred: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> pa.Table:
     """A run's ``predictions.parquet``: the kind's prediction column and the label for a global
-    kind; for a mask kind the row of each image in the mask arrays and its pixel counts."""
+    kind; for a mask kind the row of each image in the mask arrays and its pixel counts
+    (predicted pixels: probability above the run's ``threshold``)."""
     cols: dict[str, Any] = {"image_id": ids, "split": ["test"] * len(ids)}
     if kind.dense:
         cols["mask_row"] = np.arange(len(ids))
         cols["positive_pixels"] = (y > 0.5).sum((1, 2)).astype(np.int64)
-        cols["predicted_pixels"] = (pred > 0.5).sum((1, 2)).astype(np.int64)
+        cols["predicted_pixels"] = (pred > threshold).sum((1, 2)).astype(np.int64)
     else:
         cols[kind.prediction] = pred.astype(np.float64)
         cols["label"] = y.astype(np.float64)

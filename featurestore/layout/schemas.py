@@ -92,6 +92,11 @@ METRICS_SCHEMA = pa.schema([
     ("metric", pa.string()), ("primary", pa.bool_()), ("value", pa.float64()),
     ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("method", pa.string()), ("confidence", pa.float64()),
     ("n", pa.int64()), ("resamples", pa.int64()), ("seed", pa.int64()),
+    # Class counts of the test set (positives/negatives; non-empty/empty masks; null for
+    # regression), "ok" or "insufficient" (too few of a class: no value, no interval), and the
+    # threshold a mask kind's probabilities were cut at. Absent (null) in evaluations written
+    # before they existed.
+    ("n_pos", pa.int64()), ("n_neg", pa.int64()), ("status", pa.string()), ("threshold", pa.float64()),
 ])  # fmt: skip
 COMPARISONS_SCHEMA = pa.schema([
     ("eval_id", pa.string()), ("task", pa.string()), ("head", pa.string()), ("fold", pa.int32()),

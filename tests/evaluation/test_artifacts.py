@@ -20,31 +20,47 @@ def test_every_metric_equals_its_oracle(evaluated_store):
     store = Store.open(url)
     meta, t = read_evaluation(store, eval_id)
     rows = t["metrics"].to_pylist()
-    assert {r["metric"] for r in rows} == {"auroc", "auprc", "r2", "mae", "dice", "iou"}
+    assert {r["metric"] for r in rows} == {"auroc", "auprc", "r2", "mae", "dice_nonempty", "dice", "fp_empty", "iou", "dice_05"}
     assert {r["encoder"] for r in rows} == {"pixels", "rad-dino", "chexagent"}
     checked = 0
     for r in rows:
         p = read_predictions(store, r["run_id"]).to_pandas()
-        assert r["n"] == len(p) and r["resamples"] == 200 and r["seed"] == 1
+        assert r["n"] == len(p) and r["resamples"] == (0 if r["method"] == "delong-logit" else 200)
         if r["metric"] in ("auroc", "auprc"):
-            if r["metric"] == "auroc" and p.label.nunique() < 2:
-                assert np.isnan(r["value"])
-                continue
-            if p.label.sum() == 0:
+            pos, neg = int(p.label.sum()), int((1 - p.label).sum())
+            assert (r["n_pos"], r["n_neg"]) == (pos, neg)
+            if min(pos, neg) < 1:  # the fixture's minimum (min_class_count=1): no number, no interval
+                assert r["status"] == "insufficient" and np.isnan(r["value"]) and np.isnan(r["ci_low"])
                 continue
             fn = roc_auc_score if r["metric"] == "auroc" else average_precision_score
             expect = fn(p.label, p.score)
         elif r["metric"] in ("r2", "mae"):
+            assert r["n_pos"] is None and r["status"] == "ok"
             expect = (r2_score if r["metric"] == "r2" else mean_absolute_error)(p.label, p.value)
-        else:  # Dice / IoU recomputed from the run's stored masks, one image at a time
+        else:  # mask metrics recomputed from the run's stored masks, one image at a time
             loc = store.loc.child(RUNS_DIR, r["run_id"])
-            pred = zarr.open_array(loc.zarr_store("masks.zarr", read_only=True))[:] > 0.5
+            cut = 0.5 if r["metric"] == "dice_05" else r["threshold"]
+            assert cut == read_run(store, r["run_id"])["operating_points"].get("threshold", 0.5) or r["metric"] == "dice_05"
+            pred = zarr.open_array(loc.zarr_store("masks.zarr", read_only=True))[:].astype(np.float32) > cut
             true = zarr.open_array(loc.zarr_store("targets.zarr", read_only=True))[:] > 0
-            per = []
+            dice, iou, fp = [], [], []
             for a, b in zip(true, pred):
                 inter, tot, uni = (a & b).sum(), a.sum() + b.sum(), (a | b).sum()
-                per.append((1.0 if tot == 0 else 2 * inter / tot) if r["metric"] == "dice" else (1.0 if uni == 0 else inter / uni))
-            expect = np.mean(per)
+                dice.append(1.0 if tot == 0 else 2 * inter / tot)
+                iou.append(1.0 if uni == 0 else inter / uni)
+                fp.append(float(b.any()))
+            nonempty = np.array([a.any() for a in true])
+            assert (r["n_pos"], r["n_neg"]) == (nonempty.sum(), (~nonempty).sum())
+            expect = {
+                "dice": np.mean(dice),
+                "dice_05": np.mean(dice),
+                "iou": np.mean(iou),
+                "dice_nonempty": np.mean(np.array(dice)[nonempty]) if nonempty.any() else np.nan,
+                "fp_empty": np.mean(np.array(fp)[~nonempty]) if (~nonempty).any() else np.nan,
+            }[r["metric"]]
+            if np.isnan(expect):
+                assert np.isnan(r["value"])
+                continue
         assert r["value"] == pytest.approx(expect, abs=1e-12), r
         assert r["ci_low"] <= r["value"] + 1e-12 and r["value"] - 1e-12 <= r["ci_high"] or np.isnan(r["ci_low"])
         checked += 1
@@ -82,13 +98,13 @@ def test_identical_inputs_same_version_new_inputs_new_version(evaluated_store):
     url, eval_id, _ = evaluated_store
     store = Store.open(url)
     before = store.loc.read_bytes(METRICS_DIR, eval_id, "metrics.parquet")
-    again = evaluate(store, None, EvalConfig(resamples=200, seed=1))
+    again = evaluate(store, None, EvalConfig(resamples=200, seed=1, min_class_count=1))
     assert again.eval_id == eval_id and not again.created
     assert store.loc.read_bytes(METRICS_DIR, eval_id, "metrics.parquet") == before
     # Recomputed from scratch, the same inputs give the same numbers.
     from evaluation.artifacts import compute, load_run
 
-    cfg = EvalConfig(resamples=200, seed=1)
+    cfg = EvalConfig(resamples=200, seed=1, min_class_count=1)
     runs = [load_run(store, r, cfg) for r in select_runs(store)]
     rows = compute(runs, cfg, eval_id, again.meta and read_evaluation(store, eval_id)[1]["metrics"].column("created_at")[0].as_py())
     assert pa.Table.from_pylist(rows["metrics"]).column("value").to_pylist() == pytest.approx(

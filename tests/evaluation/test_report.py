@@ -101,7 +101,10 @@ def test_results_table_cells_equal_metrics_parquet(report):
         )
         assert m, (r["encoder"], r["head"], r["task"])
         shown = re.sub(r"<[^>]+>", "", m.group(2))
-        expect = "n/a" if _is_nan(r["value"]) else f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        if r["status"] == "insufficient":
+            expect = f"insufficient ({r['n_pos']} pos / {r['n_neg']} neg)"
+        else:
+            expect = "n/a" if _is_nan(r["value"]) else f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         assert shown == expect, r
         # Bold exactly where the value is the best of its column (higher is better for every primary metric).
         column = [x["value"] for x in rows if x["task"] == r["task"] and not _is_nan(x["value"])]
