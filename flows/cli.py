@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Dice/IoU of an image with empty true and predicted masks: 1, left out, or 0",
         choices=EMPTY_CONVENTIONS,
     )
-    config_option(s, EvalConfig, "threshold", "segmentation probability threshold")
+    config_option(s, EvalConfig, "threshold", "segmentation probability threshold (default: each run's, chosen on validation)", type=float)
+    config_option(s, EvalConfig, "min_class_count", "fewest positives and negatives for AUROC/AP to be reported")
     s.add_argument("--all-metrics", action="store_true", help="print every metric, not only each task's headline")
     s.set_defaults(func=cmd_evaluate)
 

@@ -80,4 +80,4 @@ TRAIN_OPTIONS = (
     "solver",
 )
 EXTRACT_OPTIONS = ("weights", "size", "bits", "batch_size", "device", "num_workers", "shard_images")
-EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold")
+EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold", "min_class_count")

@@ -15,7 +15,7 @@ from tests.flows.test_extract_flow import _artifacts
 def test_evaluate_query_report_from_the_command_line(prefect_server, evaluated_store, tmp_path, capsys):
     url, eval_id, _ = evaluated_store
     # The fixture's inputs and settings again: the same version, untouched, and the table printed.
-    assert main(["evaluate", "--store", url, "--all", "--resamples", "200", "--seed", "1"]) == EXIT_OK
+    assert main(["evaluate", "--store", url, "--all", "--resamples", "200", "--seed", "1", "--min-class-count", "1"]) == EXIT_OK
     out, err = capsys.readouterr()
     assert out.strip().splitlines()[-1] == eval_id and "existing version" in err
     assert "heart-seg" in out and "cross-attention" in out and "[" in out
