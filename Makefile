@@ -5,7 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.radstore-installed
 DEMO_DIR ?= demo
-DEMO_N ?= 64
+DEMO_N ?= 400
+# Enough patients in val and test for every classification task to have >= 15 test and >= 8
+# validation positives (AUROC on fewer is reported as insufficient).
+DEMO_SPLIT ?= 0.45,0.2,0.35
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast lint format bench venv clean
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --seed 0 --preview --quiet
+	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --split $(DEMO_SPLIT) --seed 0 --preview --quiet
 	$(VENV)/bin/radstore study --config configs/demo.yaml --store $(DEMO_DIR)/store \
 		--manifest $(DEMO_DIR)/cohort/manifest.parquet --report $(DEMO_DIR)/report
 	@echo

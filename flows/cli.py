@@ -33,7 +33,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from featurestore.preview import contact_sheet
     from featurestore.synth.cohort import SynthConfig, synthesize
 
-    cfg = SynthConfig(n=args.n, seed=args.seed, min_side=args.min_side, max_side=args.max_side, workers=args.workers)
+    cfg = SynthConfig(n=args.n, seed=args.seed, min_side=args.min_side, max_side=args.max_side, workers=args.workers,
+                      split=args.split)  # fmt: skip
     manifest = synthesize(args.out, cfg, progress=not args.quiet)
     print(f"wrote {cfg.n} images and {manifest}")
     if args.preview:
@@ -314,11 +315,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _split(text: str) -> tuple[float, float, float]:
+    """``--split 0.5,0.2,0.3``: three fractions that sum to 1."""
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) <= 0 or abs(sum(parts) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"--split {text!r}: give three positive fractions that sum to 1, e.g. 0.5,0.2,0.3")
+    return parts  # type: ignore[return-value]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``radstore`` parser; choices and defaults come from the configs and registries."""
     from evaluation.config import CI_METHODS, EvalConfig
     from evaluation.metrics import EMPTY_CONVENTIONS
     from featurestore.config import BITS, DEVICES, ExtractConfig
+    from featurestore.synth.cohort import SynthConfig
     from featurestore.tasks import TASKS, all_heads
     from heads.config import SEG_LOSSES, SOLVERS, TrainConfig
 
@@ -334,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-side", type=int, default=512, help="smallest image side in pixels (default 512)")
     s.add_argument("--max-side", type=int, default=1024, help="largest image side (default 1024; ~3000 for real sizes)")
     s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    s.add_argument("--split", type=_split, default=SynthConfig.split, metavar="TRAIN,VAL,TEST",
+                   help="fractions of patients per split (default: %(default)s)")  # fmt: skip
     s.add_argument("--preview", nargs="?", const=True, default=False, help="also write a contact sheet PNG (default OUT/preview.png)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
