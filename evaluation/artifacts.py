@@ -85,7 +85,7 @@ def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
         if np.isnan(prob).any():
             bad = ids[np.isnan(prob).reshape(len(ids), -1).any(1)]
             raise RadstoreError(f"run {run_id}: predicted masks of {', '.join(bad[:5])} contain NaN (incomplete run?)")
-        threshold = cfg.threshold if cfg.threshold is not None else float(meta.get("operating_points", {}).get("threshold", 0.5))
+        threshold = cfg.threshold if cfg.threshold is not None else float(meta.operating_points.get("threshold", 0.5))
         arrays = {**M.mask_arrays(t[rows], prob, threshold, cfg.empty_both), "mask_row": rows}
     else:
         arrays = {
@@ -208,10 +208,15 @@ def read_evaluation(store: Store, eval_id: str | None = None) -> tuple[Evaluatio
     return read_evaluation_record(store, eval_id), read_evaluation_tables(store, eval_id)
 
 
+def insufficient_text(m: dict) -> str:
+    """Why a metric row has no number: too few of a class, with the counts that say how few."""
+    return f"insufficient ({m['n_pos']} pos / {m['n_neg']} neg)"
+
+
 def format_value(m: dict) -> str:
     """A metric row as people read it: value [CI], or why there is no number."""
     if m.get("status") == "insufficient":
-        return f"insufficient ({m['n_pos']} pos / {m['n_neg']} neg)"
+        return insufficient_text(m)
     if m["value"] is None or np.isnan(m["value"]):
         return "n/a"
     return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"

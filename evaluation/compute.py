@@ -58,19 +58,6 @@ def _take(r: RunData, pos: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarr
     return tuple(r.arrays[n][order][pos] for n in names)
 
 
-def class_counts(spec: Any, arrays: dict[str, np.ndarray]) -> tuple[int | None, int | None]:
-    """(positives, negatives) of a test set: labels of a classification-like kind, non-empty and
-    empty true masks of a mask kind; (None, None) where classes mean nothing (regression)."""
-    if spec.dense:
-        k = int(np.asarray(arrays["nonempty"]).sum())
-        return k, len(arrays["nonempty"]) - k
-    y = np.asarray(arrays["y"])
-    if not np.isin(y, (0, 1)).all():
-        return None, None
-    k = int(y.sum())
-    return k, len(y) - k
-
-
 def interval(m: M.Metric, arrays: tuple, cfg: EvalConfig, idx: np.ndarray) -> Any:
     """The metric with its interval by the configured method. ``auto`` (the default) takes the
     method that covers in simulation (tests/evaluation/test_coverage.py, README): the
@@ -115,16 +102,14 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
         ids, positions = _aligned(group)
         if len(ids) == 0:
             raise RadstoreError(f"{task}/{head}: the runs {', '.join(r.meta['run_id'] for r in group)} share no test image")
-        first = {
-            k: v
-            for k, v in zip(M.PER_IMAGE if spec.dense else ("y",), _take(group[0], positions[0], M.PER_IMAGE if spec.dense else ("y",)))
-        }
-        counts = class_counts(spec, first)
+        # Classes: the labels of a classification-like kind, "has a true mask" for a mask kind.
+        (classes,) = _take(group[0], positions[0], ("nonempty" if spec.dense else "y",))
+        counts = M.class_counts(classes) or (None, None)
         # Class-based and mask metrics resample within each class (no one-class resamples, a
-        # constant number of empty and non-empty masks); the same
-        # resamples for every encoder of the group make the comparisons paired.
+        # constant number of empty and non-empty masks); the same resamples for every encoder of
+        # the group make the comparisons paired.
         stratify = (spec.dense or any(M.get_metric(m).class_based for m in spec.metrics)) and counts[0] is not None
-        strata = (first["nonempty"] if spec.dense else first["y"]) if stratify else None
+        strata = classes if stratify else None
         idx = resample_indices(len(ids), cfg.resamples, cfg.seed, strata=strata)
         base = {"task": task, "head": head, "fold": fold}
         headline = primary_metric(spec, cfg)

@@ -243,6 +243,16 @@ def mean_where(values: np.ndarray, where: np.ndarray, idx: np.ndarray) -> np.nda
     return out
 
 
+def class_counts(flags: np.ndarray) -> tuple[int, int] | None:
+    """(positives, negatives) of 0/1 labels, or of per-image "has a true mask" flags; None when
+    the values are not binary (a regression target has no classes to count)."""
+    y = np.asarray(flags, np.float64)
+    if not np.isin(y, (0, 1)).all():
+        return None
+    k = int(y.sum())
+    return k, len(y) - k
+
+
 def mask_arrays(truth: np.ndarray, prob: np.ndarray, threshold: float, empty_both: str = "one") -> dict[str, np.ndarray]:
     """Every per-image array the mask metrics take, from true masks and predicted probabilities
     ([n, H, W]): one place decides what "Dice", "empty" and "a false positive" mean."""

@@ -12,19 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from evaluation.metrics import per_image_overlap
+
 OBJECTIVES = ("youden", "dice")
 #: The candidate thresholds: 0.05, 0.06, ..., 0.95.
 GRID = np.round(np.arange(0.05, 0.9501, 0.01), 2)
-
-
-def _dice_per_image(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    # Same convention as evaluation.metrics.per_image_overlap (empty truth and prediction: 1).
-    t = truth.reshape(len(truth), -1)
-    p = pred.reshape(len(pred), -1)
-    inter = (t & p).sum(1).astype(np.float64)
-    sizes = t.sum(1) + p.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(sizes == 0, 1.0, 2 * inter / sizes)
 
 
 def score_thresholds(y_val: np.ndarray, scores: np.ndarray, objective: str = "dice",
@@ -46,7 +38,7 @@ def score_thresholds(y_val: np.ndarray, scores: np.ndarray, objective: str = "di
     for k, t in enumerate(thresholds):
         p = s > t
         if objective == "dice":
-            out[k] = float(_dice_per_image(y, p).mean())
+            out[k] = float(per_image_overlap(y, p)[0].mean())
         else:
             pos, neg = y.sum(), (~y).sum()
             sens = (p & y).sum() / pos if pos else np.nan

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from evaluation.metrics import get_metric, mask_arrays
+from evaluation.metrics import class_counts, get_metric, mask_arrays
 from featurestore.extract import resolve_device
 from featurestore.featureset import FeatureSet
 from featurestore.store import Store
@@ -116,16 +116,12 @@ def fit_standardisers(model: torch.nn.Module, loader: StreamingLoader) -> dict[s
 
 
 def validation_counts(task: TaskDef, y_val) -> dict[str, int]:
-    """Positives and negatives of the validation split: labels for classification, images with a
-    non-empty / empty mask for a mask kind; empty for other kinds (regression)."""
-    kind = task.spec
-    if kind.dense:
-        pos = int(sum(bool(np.asarray(m).any()) for m in y_val))
-        return {"positives": pos, "negatives": len(y_val) - pos}
-    if get_objective(kind.objective).lbfgs == "logistic":  # a binary label
-        y = np.asarray(y_val) > 0.5
-        return {"positives": int(y.sum()), "negatives": int((~y).sum())}
-    return {}
+    """Positives and negatives of the validation split, by the evaluation's rule
+    (:func:`evaluation.metrics.class_counts`): labels, or images with a non-empty / empty mask
+    for a mask kind; empty where the target is not binary (regression)."""
+    flags = [bool(np.asarray(m).any()) for m in y_val] if task.spec.dense else y_val
+    counts = class_counts(flags)
+    return {} if counts is None else {"positives": counts[0], "negatives": counts[1]}
 
 
 def validation_warning(task: TaskDef, counts: dict[str, int], minimum: int) -> str | None:
@@ -151,15 +147,12 @@ def quick_metrics(task: TaskDef, pred: np.ndarray, y: np.ndarray, threshold: flo
     ``threshold``; ``dice_positive`` is the mean Dice over images with a non-empty target."""
     kind = task.spec
     if kind.dense:
-        t = y > 0.5
-        arrays = mask_arrays(t, pred, threshold)
-        dice = arrays["dice"]
+        arrays = mask_arrays(y > 0.5, pred, threshold)
     else:
         arrays = {"y": np.asarray(y, np.float64), "prediction": np.asarray(pred, np.float64)}
     out = {m: float(get_metric(m)(arrays)[0]) for m in kind.metrics}
     if kind.dense:
-        positive = t.reshape(len(t), -1).any(1)
-        out["dice_positive"] = float(dice[positive].mean()) if positive.any() else math.nan
+        out["dice_positive"] = float(get_metric("dice_nonempty")(arrays)[0])
     return {k: v for k, v in out.items() if not (math.isnan(v) and k != "dice_positive")}
 
 
@@ -199,10 +192,13 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
     train_l, val_l, test_l = loader("train", True), loader("val", False), loader("test", False)
     y_train = labels.values[splits["train"]]
     model = build_head(task, cfg, fs, y_train)
-    fit_standardisers(model, loader("train", False))  # fixed input statistics of the training split
+    lbfgs = cfg.solver == "lbfgs" and get_objective(kind.objective).lbfgs is not None  # mask kinds train with AdamW
+    if not lbfgs:  # the L-BFGS probe fixes the same statistics from the split it collects
+        fit_standardisers(model, loader("train", False))  # fixed input statistics of the training split
     model = model.to(device)
     val_counts = validation_counts(task, _Rows(y_all, splits["val"]) if kind.dense else y_all[splits["val"]])
     warned = validation_warning(task, val_counts, cfg.min_val_positives)
+    run_warnings = {"validation_warning": warned} if warned else {}
     if warned:
         warnings.warn(warned, stacklevel=2)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -212,7 +208,6 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
     best, best_state, best_epoch, bad = math.inf, None, -1, 0
     ref = math.inf  # the validation loss of the last improvement by more than min_delta
     curve: list[dict] = []
-    lbfgs = cfg.solver == "lbfgs" and get_objective(kind.objective).lbfgs is not None  # mask kinds train with AdamW
     if lbfgs:
         model, curve = fit_lbfgs_probe(task, model, train_l, val_l)
         best_epoch = 0
@@ -281,10 +276,10 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         y,
         operating_points,
         val_counts,
-        {"validation_warning": warned} if warned else {},
+        run_warnings,
     )
     return TrainResult(run_id, best_epoch, len(curve), curve, metrics, time.perf_counter() - t0, operating_points, val_counts,
-                       {"validation_warning": warned} if warned else {})  # fmt: skip
+                       run_warnings)  # fmt: skip
 
 
 def _collect(loader: StreamingLoader) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,9 @@ def fmt_row(r: dict) -> str:
     """A metric row's cell: ``value [low, high]``, or why there is no number (too few of a
     class: the counts say how few)."""
     if r.get("status") == "insufficient":
-        return f"insufficient ({r['n_pos']} pos / {r['n_neg']} neg)"
+        from evaluation.artifacts import insufficient_text
+
+        return insufficient_text(r)
     return fmt_ci(r["value"], r["ci_low"], r["ci_high"])
 
 
