@@ -141,3 +141,11 @@ def test_bench_smoke(capsys):
     assert main(["bench", "--quick", "--no-write", "--stages", "planning"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "planner, warm" in out and "targets met" in out
+
+
+def test_synth_split_must_be_three_fractions(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["synth", "--out", str(tmp_path / "c"), "--n", "4", "--split", "0.5,0.5"])
+    assert e.value.code == 2
+    assert "--split '0.5,0.5': give three positive fractions that sum to 1" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
