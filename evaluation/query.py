@@ -21,10 +21,28 @@ Tables are scanned lazily as Arrow datasets (local disk, or object storage throu
 so a query that touches one column of ``cls`` reads that column only. Only committed data
 is visible: cls parts (their presence is the commit), runs and evaluations whose json
 exists.
+
+What SQL can and cannot touch: the store's files are read by pyarrow (the views above), never
+by DuckDB, so the connection runs with DuckDB's external access off (:data:`SANDBOX`) and its
+configuration locked (``SET``/``RESET`` cannot turn access back on). SQL can read the views and
+compute anything from them (``CREATE TEMP TABLE``/``VIEW`` live in memory and vanish with the
+query); it cannot open a file or URL (``read_csv``/``read_parquet``/``read_text``/``glob``/
+``'file.csv'`` scans, inside the store or out), write one (``COPY ... TO``, ``EXPORT DATABASE``,
+so no write into the store either), ``ATTACH`` a database file, ``INSTALL``/``LOAD`` an
+extension, create persistent secrets or scan Python variables. Such statements raise a one-line
+RadstoreError; exporting a result is ``--out FILE.csv|.parquet`` (:func:`write_result`, written
+by radstore in Python). DuckDB's ``allowed_directories`` is deliberately left empty: it would
+allow ``COPY ... TO`` into the allowed directory, i.e. into the store. The one directory DuckDB
+still writes is its spill directory, moved to a private fresh directory in the system temp dir
+(not ``.tmp`` under the working directory) and removed with the connection. A connection
+passed to :func:`connect` is left as configured unless ``sandboxed=True``.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +55,27 @@ from featurestore import layout
 from featurestore.errors import RadstoreError
 from featurestore.layout.records import evaluation_table_paths, list_evaluations, list_runs, predictions_path, runs_root
 from featurestore.store import Store
+
+#: DuckDB settings of a query connection, applied in order after the views are registered (and
+#: after ``temp_directory`` is moved to a private spill directory, see :func:`sandbox`):
+#: no file/network access of DuckDB's own (COPY, file functions, ATTACH, INSTALL/LOAD), no scans
+#: of Python variables, no implicit extension downloads, no persistent secrets; then the
+#: configuration is locked. Settings this DuckDB does not have are skipped, except the two that
+#: carry the guarantee (``enable_external_access``, ``lock_configuration``).
+SANDBOX: tuple[tuple[str, str], ...] = (
+    ("allowed_directories", "[]"),
+    ("allowed_paths", "[]"),
+    ("enable_external_access", "false"),
+    ("python_enable_replacements", "false"),
+    ("autoinstall_known_extensions", "false"),
+    ("autoload_known_extensions", "false"),
+    ("allow_community_extensions", "false"),
+    ("allow_unsigned_extensions", "false"),
+    ("allow_persistent_secrets", "false"),
+    ("allow_extension_repositories", "'forbidden'"),
+    ("lock_configuration", "true"),
+)
+_REQUIRED = ("enable_external_access", "lock_configuration")
 
 VIEWS = ("images", "features", "cls", "runs", "predictions", "evaluations", "metrics", "latest", "comparisons", "per_image", "folds")
 
@@ -114,9 +153,40 @@ def _predictions(store: Store, run_ids: list[str]) -> ds.Dataset | pa.Table:
     )
 
 
-def connect(store: Store | str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with every view of the store registered."""
+def sandbox(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Apply :data:`SANDBOX` to ``con``: afterwards SQL reads registered tables and views only,
+    and no SET/RESET can undo it. Already-registered Arrow tables and datasets keep working.
+
+    DuckDB keeps its spill directory writable when external access is off (by default ``.tmp``
+    under the working directory, which may be inside the store), so it is moved first to a
+    fresh private directory in the system temp dir, removed when the connection goes away.
+    """
+    have = {r[0] for r in con.execute("SELECT name FROM duckdb_settings()").fetchall()}
+    spill = tempfile.mkdtemp(prefix="radstore-query-")
+    weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
+    try:
+        con.execute("SET temp_directory = ?", [spill])
+    except duckdb.Error as e:
+        raise RadstoreError(f"cannot sandbox this DuckDB connection (its temp directory is in use): {e}") from None
+    for name, value in SANDBOX:
+        if name not in have:
+            if name in _REQUIRED:
+                raise RadstoreError(f"DuckDB {duckdb.__version__} lacks the setting {name}: radstore query cannot run sandboxed")
+            continue
+        con.execute(f"SET {name} = {value}")
+    return con
+
+
+def connect(
+    store: Store | str, con: duckdb.DuckDBPyConnection | None = None, *, sandboxed: bool | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with every view of the store registered.
+
+    A new connection is sandboxed (:func:`sandbox`: the views, nothing outside them, no writes);
+    a connection you pass in is left as configured unless ``sandboxed=True``.
+    """
     store = Store.open(store) if isinstance(store, str) else store
+    sandboxed = con is None if sandboxed is None else sandboxed
     con = con or duckdb.connect()
     con.register("images", store.images())
     con.register("_features", _features(store))
@@ -153,17 +223,32 @@ def connect(store: Store | str, con: duckdb.DuckDBPyConnection | None = None) ->
         "CREATE OR REPLACE VIEW latest AS SELECT * FROM metrics QUALIFY row_number() OVER "
         "(PARTITION BY task, head, encoder, feature_set_id, fold, metric ORDER BY created_at DESC, eval_id DESC) = 1"
     )
-    return con
+    return sandbox(con) if sandboxed else con
+
+
+def _refused(e: duckdb.Error) -> bool:
+    """Whether DuckDB refused ``e``'s statement because of the sandbox (not a plain SQL error)."""
+    return isinstance(e, duckdb.PermissionException) or "configuration has been locked" in str(e)
 
 
 def query(store: Store | str, sql: str) -> pa.Table:
-    """Run one SQL statement over the store's views; a clear error names the views on failure."""
+    """Run SQL over the store's views in a sandboxed connection (:func:`connect`); a clear
+    error names the views on failure, and a refused statement (file access, COPY, ATTACH,
+    INSTALL/LOAD, SET) says so in one line."""
     con = connect(store)
     try:
         rel = con.sql(sql)
         return rel.to_arrow_table() if rel is not None else pa.table({})
     except duckdb.Error as e:
+        if _refused(e):
+            why = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+            raise RadstoreError(
+                f"radstore query is read-only and sees only the store's tables (views: {', '.join(VIEWS)}); "
+                f"COPY/ATTACH/INSTALL/LOAD/SET and file functions are refused: {why}. Use --out FILE.csv|.parquet to export."
+            ) from None
         raise RadstoreError(f"query failed: {e}\nviews: {', '.join(VIEWS)} (radstore query --help)") from None
+    finally:
+        con.close()
 
 
 def write_result(table: pa.Table, out: str) -> str:
@@ -184,7 +269,7 @@ def write_result(table: pa.Table, out: str) -> str:
     return out
 
 
-__all__ = ["VIEWS", "connect", "query", "write_result"]
+__all__ = ["SANDBOX", "VIEWS", "connect", "query", "sandbox", "write_result"]
 
 
 # The README's example queries (tests run each of them).

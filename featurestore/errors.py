@@ -39,3 +39,12 @@ class FeatureSetNotFound(RadstoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class StoreFullError(RadstoreError, OSError):
+    """The store's disk is full: names the store, the path and the bytes needed; never retried."""
+
+
+class LabelError(RadstoreError):
+    """A task's label column holds values outside the task's labels (featurestore.tasks): names the
+    manifest, the column, the task, the image ids and what was expected."""

@@ -3,6 +3,12 @@
 Usable without Prefect: ``extract(manifest, store, ExtractConfig(encoder="rad-dino"))``.
 The Prefect flow (``flows/extract.py``) calls :func:`plan` once and :func:`extract_group`
 for each shard-sized group, possibly on several Dask workers at once.
+
+A row's failure is that row's: a bad manifest row (:func:`featurestore.manifest.check_rows`:
+empty or unprintable image_id, an id repeated in the manifest, null or empty path), a file that
+cannot be read or decoded, or, when the store's image index has the image_id, a file whose
+bytes differ from the indexed version (sha256), is recorded in the feature set's rejects with
+its path and reason; every other image is embedded and committed.
 """
 
 from __future__ import annotations
@@ -13,29 +19,37 @@ import functools
 import time
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featurestore.config import DEVICES, ExtractConfig
 from featurestore.encoders import Encoder, load_encoder
-from featurestore.errors import ImageReadError
 from featurestore.featureset import FeatureSet
-from featurestore.imageio import read_image
-from featurestore.manifest import load_manifest
+from featurestore.imageio import read_bytes, read_image, sha256_of
+from featurestore.manifest import Manifest, changed_bytes_reason, check_rows, load_manifest, read_failure_reason
 from featurestore.store import Store
+
+#: (image_id, path as written in the manifest or None, reason) of a row that was not embedded
+Rejected = tuple[str, str | None, str]
 
 
 @dataclass
 class ExtractResult:
-    """What one extraction did: images embedded, images skipped as already committed, images that
-    failed with their reason, and the seconds it took."""
+    """What one extraction did: images embedded, images skipped as already committed, rows that
+    were not embedded with their path and reason, and the seconds it took."""
 
     feature_set_id: str
     done: int = 0
     skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (image_id, reason)
+    rejected: list[Rejected] = field(default_factory=list)  # (image_id, manifest path, reason)
     seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        """(image_id, reason) of each row not embedded (:attr:`rejected` has the paths too)."""
+        return [(i, r) for i, _, r in self.rejected]
 
     @property
     def images_per_s(self) -> float:
@@ -46,7 +60,7 @@ class ExtractResult:
         """Add ``other``'s counts, failures and seconds to this result (in place) and return it."""
         self.done += other.done
         self.skipped += other.skipped
-        self.failed.extend(other.failed)
+        self.rejected.extend(other.rejected)
         self.seconds += other.seconds
         return self
 
@@ -60,14 +74,17 @@ class ExtractResult:
 
 @dataclass(frozen=True)
 class Plan:
-    """The images left to extract, split into groups of at most one shard each, with the shard
-    allocated to each group; ``skipped`` counts manifest rows left out (already committed, or a
-    repeated id)."""
+    """The images left to extract, split into groups of at most one shard each; ``shards`` are
+    the shards claimed for the groups when the planner was asked to claim them (empty otherwise:
+    each writer then claims its shards at commit); ``skipped`` counts manifest rows already
+    committed; ``rejected`` the manifest rows that cannot be extracted (bad or repeated id,
+    no path), which the caller reports and records (:func:`record_rejected`)."""
 
     feature_set_id: str
     groups: list[list[str]]  # each at most one shard of image_ids
-    shards: list[int]  # the shard allocated to each group
+    shards: list[int]  # the shard claimed for each group, or empty
     skipped: int
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,7 +122,11 @@ def feature_set_for(store: Store, cfg: ExtractConfig) -> FeatureSet:
 
 
 class _Images(Dataset):
-    def __init__(self, rows: list[tuple[str, str, str | None]], preprocess):
+    """Rows (image_id, manifest path, uri, format, indexed sha256 or None) -> preprocessed tensors;
+    a row that cannot be read, decoded or preprocessed, or whose bytes differ from the indexed
+    sha256, comes back with its error instead."""
+
+    def __init__(self, rows: list[tuple[str, str, str, str | None, str | None]], preprocess):
         self.rows = rows
         self.preprocess = preprocess
 
@@ -113,14 +134,18 @@ class _Images(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
-        image_id, uri, fmt = self.rows[i]
+        image_id, path, uri, fmt, indexed = self.rows[i]
+        out = {"image_id": image_id, "path": path, "x": None, "sha256": None, "error": None}
         try:
-            img = read_image(uri, format=fmt)
-            return {"image_id": image_id, "x": self.preprocess(img.pixels), "sha256": img.meta.sha256, "error": None}
-        except ImageReadError as e:
-            return {"image_id": image_id, "x": None, "sha256": None, "error": e.reason}
-        except Exception as e:  # noqa: BLE001 - preprocessing failure of one image must not stop the rest
-            return {"image_id": image_id, "x": None, "sha256": None, "error": f"{type(e).__name__}: {e}"}
+            data = read_bytes(uri)
+            if indexed is not None and (sha := sha256_of(data)) != indexed:
+                out["error"] = changed_bytes_reason(indexed, sha, "not embedded: the image index holds the earlier version")
+                return out
+            img = read_image(uri, data=data, format=fmt)
+            out.update(x=self.preprocess(img.pixels), sha256=img.meta.sha256)
+        except Exception as e:  # noqa: BLE001 - a failure of one image must not stop the rest
+            out["error"] = read_failure_reason(e)
+        return out
 
 
 def _collate(items: list[dict]) -> dict:
@@ -129,52 +154,95 @@ def _collate(items: list[dict]) -> dict:
         "ids": [it["image_id"] for it in ok],
         "x": torch.stack([it["x"] for it in ok]) if ok else None,
         "sha256": [it["sha256"] for it in ok],
-        "failed": [(it["image_id"], it["error"]) for it in items if it["error"] is not None],
+        "failed": [(it["image_id"], it["path"], it["error"]) for it in items if it["error"] is not None],
     }
 
 
-def plan(manifest_url: str, store: Store, cfg: ExtractConfig, allocate: bool = True) -> Plan:
-    """Images of the manifest not yet committed in the feature set, grouped by shard (backfill)."""
+def _rejected(errors) -> list[Rejected]:
+    return [(e.image_id, e.path, e.reason) for e in errors]
+
+
+def record_rejected(fs: FeatureSet, rejected: list[Rejected]) -> None:
+    """Record rows that were not embedded in ``fs``'s rejects (image_id, path, reason)."""
+    if rejected:
+        fs.record_rejects([i for i, _, _ in rejected], [r for _, _, r in rejected], paths=[p for _, p, _ in rejected])
+
+
+def indexed_sha256(store: Store, image_ids: list[str]) -> dict[str, str]:
+    """sha256 of each of ``image_ids`` that the store's image index holds (empty without an index)."""
+    images = store.images()
+    if images.num_rows == 0 or not image_ids:
+        return {}
+    t = images.select(["image_id", "sha256"]).filter(pc.is_in(images.column("image_id"), value_set=pa.array(image_ids, pa.string())))
+    return {i: s for i, s in zip(t.column("image_id").to_pylist(), t.column("sha256").to_pylist()) if s}
+
+
+def _manifest(manifest: str | Manifest) -> Manifest:
+    return manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+
+
+def plan(manifest: str | Manifest, store: Store, cfg: ExtractConfig, allocate: bool = False) -> Plan:
+    """Images of the manifest not yet committed in the feature set, grouped by shard (backfill);
+    the manifest's bad rows are returned in ``Plan.rejected``, not planned.
+
+    Shard claims are atomic on every backend, so writers claim their own shards when they
+    commit; ``allocate=True`` claims one per group up front instead (a claim that is never
+    committed is only an unused shard number, which ``radstore store gc`` reports).
+    """
+    m = _manifest(manifest)  # first: a manifest that cannot be read creates no feature set
     fs = feature_set_for(store, cfg)
-    ids = load_manifest(manifest_url).table.column("image_id")
+    valid, errors = check_rows(m, action="embedded")
+    ids = m.table.column("image_id").take(valid)  # unique: repeated ids are errors
     # The committed ids come from the committed index plus the parts it does not name, and the
     # planner refreshes that index (layout.py); the difference is taken in Arrow, not Python.
     done = fs.committed_rows(update_index=True).column("image_id").combine_chunks()
-    left = ids.filter(pc.invert(pc.is_in(ids, value_set=done)))
-    todo = list(dict.fromkeys(left.to_pylist()))  # first occurrence of each, in manifest order
+    todo = ids.filter(pc.invert(pc.is_in(ids, value_set=done))).to_pylist()  # manifest order
     s = fs.spec.shard_images
     groups = [todo[k : k + s] for k in range(0, len(todo), s)]
     shards = fs.allocate_shards(len(groups)) if (allocate and groups) else []
-    return Plan(fs.id, groups, shards, skipped=len(ids) - len(todo))
+    return Plan(fs.id, groups, shards, skipped=len(ids) - len(todo), rejected=_rejected(errors))
 
 
 def extract_group(
-    manifest_url: str,
+    manifest_url: str | Manifest,
     store: Store,
     cfg: ExtractConfig,
     image_ids: list[str] | None = None,
     shards: list[int] = (),
     desc: str | None = None,
 ) -> ExtractResult:
-    """Extract ``image_ids`` (default: the whole manifest) into the feature set; skip committed ones."""
+    """Extract ``image_ids`` (default: the whole manifest, its bad rows rejected) into the feature
+    set; skip committed ones. A file whose bytes differ from the store's image index is rejected."""
     from tqdm import tqdm
 
+    manifest = _manifest(manifest_url)
     enc = encoder_for(cfg)
     fs = feature_set_for(store, cfg)
-    manifest = load_manifest(manifest_url)
-    rows = {
-        r["image_id"]: r
-        for r in manifest.table.select([c for c in ("image_id", "path", "format") if c in manifest.table.column_names]).to_pylist()
-    }
-    wanted = list(rows) if image_ids is None else image_ids
+    valid, errors = check_rows(manifest, action="embedded")
+    cols = [c for c in ("image_id", "path", "format") if c in manifest.table.column_names]
+    table = manifest.table.select(cols).take(valid)
+    if image_ids is not None:
+        table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(image_ids, pa.string())))
+    rows = {r["image_id"]: r for r in table.to_pylist()}
     result = ExtractResult(fs.id)
+    if image_ids is None:
+        wanted = list(rows)
+        result.rejected.extend(_rejected(errors))
+    else:
+        wanted = [i for i in image_ids if i in rows]
+        result.rejected.extend(
+            (i, None, "no longer a usable row of the manifest (it changed after the extraction was planned); run the extraction again")
+            for i in image_ids
+            if i not in rows
+        )
     t0 = time.perf_counter()
     device = enc.device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with fs.writer(shards=shards) as writer:
         todo = [i for i in wanted if i not in writer.skip]
         result.skipped = len(wanted) - len(todo)
-        items = [(i, manifest.resolve(rows[i]["path"]), rows[i].get("format")) for i in todo]
+        indexed = indexed_sha256(store, todo)
+        items = [(i, rows[i]["path"], manifest.resolve(rows[i]["path"]), rows[i].get("format"), indexed.get(i)) for i in todo]
         loader = DataLoader(
             _Images(items, enc.preprocessing),
             batch_size=cfg.batch_size,
@@ -187,7 +255,7 @@ def extract_group(
         with torch.inference_mode():
             for batch in loader:
                 bar.update(len(batch["ids"]) + len(batch["failed"]))
-                result.failed.extend(batch["failed"])
+                result.rejected.extend(batch["failed"])
                 if not batch["ids"]:
                     continue
                 x = batch["x"].to(device, non_blocking=True)
@@ -200,13 +268,12 @@ def extract_group(
                 )
                 result.done += len(batch["ids"])
         bar.close()
-    if result.failed:
-        fs.record_rejects([i for i, _ in result.failed], [r for _, r in result.failed])
+    record_rejected(fs, result.rejected)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def extract(manifest_url: str, store: Store, cfg: ExtractConfig) -> ExtractResult:
+def extract(manifest_url: str | Manifest, store: Store, cfg: ExtractConfig) -> ExtractResult:
     """The whole manifest in this process (what the flow does, without Prefect)."""
     return extract_group(manifest_url, store, cfg)
 

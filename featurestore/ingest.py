@@ -1,24 +1,23 @@
 """Ingest a manifest into the store's image index.
 
 Idempotent: an image already indexed with the same bytes (sha256) is skipped; one whose bytes
-changed under the same image_id is reported and *not* replaced. Bad rows (missing or corrupt
-file, unknown format, duplicate image_id) are reported one line each and recorded in the
+changed under the same image_id is reported and *not* replaced. Bad rows (missing, unreadable
+or corrupt file, unknown format, null or empty path, empty, unprintable or duplicate image_id;
+:func:`featurestore.manifest.check_rows`) are reported one line each and recorded in the
 store's ``ingest_errors`` table; every other image is still ingested.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from featurestore import layout
-from featurestore.errors import ImageReadError
 from featurestore.imageio import read_bytes, read_image, sha256_of
-from featurestore.manifest import Manifest, load_manifest
+from featurestore.manifest import Manifest, changed_bytes_reason, check_rows, error_line, load_manifest, read_failure_reason
 from featurestore.store import Store
 
 
@@ -29,7 +28,7 @@ class IngestReport:
 
     added: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (image_id, path, reason)
+    failed: list[tuple[str, str | None, str]] = field(default_factory=list)  # (image_id, manifest path, reason)
 
     @property
     def ok(self) -> bool:
@@ -44,23 +43,17 @@ class IngestReport:
 def _check_one(row: dict, manifest: Manifest, known: dict[str, str]) -> tuple[str, dict | str]:
     """('added', row) | ('unchanged', id) | ('failed', reason) for one manifest row."""
     image_id = row["image_id"]
-    rel = row.get("path")
-    if not rel:
-        return "failed", "empty path in manifest"
-    uri = manifest.resolve(rel)
+    uri = manifest.resolve(row["path"])
     try:
         data = read_bytes(uri)
         if image_id in known:
             sha = sha256_of(data)
             if sha == known[image_id]:
                 return "unchanged", image_id
-            return "failed", (
-                f"bytes changed since it was ingested (sha256 {known[image_id][:12]}... -> {sha[:12]}...); "
-                "the indexed version was kept. Give the new image a new image_id, or remove the old store entry."
-            )
+            return "failed", changed_bytes_reason(known[image_id], sha, "the indexed version was kept")
         img = read_image(uri, data=data, format=row.get("format"))
-    except ImageReadError as e:
-        return "failed", e.reason
+    except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the rest
+        return "failed", read_failure_reason(e)
     m = img.meta
     return "added", {
         "image_id": image_id,
@@ -77,26 +70,18 @@ def _check_one(row: dict, manifest: Manifest, known: dict[str, str]) -> tuple[st
     }
 
 
-def ingest(manifest_url: str, store: Store, *, workers: int = 0, progress: bool = True, log=print) -> IngestReport:
-    """Index every image of the manifest into ``store``; see the module docstring."""
+def ingest(manifest: str | Manifest, store: Store, *, workers: int = 0, progress: bool = True, log=print) -> IngestReport:
+    """Index every image of the manifest (a URL, or one already loaded) into ``store``; see the
+    module docstring."""
     from tqdm import tqdm
 
-    manifest = load_manifest(manifest_url)
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest)
     rows = manifest.table.to_pylist()
     report = IngestReport()
-    counts = Counter(r["image_id"] for r in rows)
-    todo = []
-    for i, r in enumerate(rows):
-        iid = r["image_id"]
-        if iid is None or str(iid).strip() == "":
-            report.failed.append(("", str(r.get("path")), f"manifest row {i} has an empty image_id"))
-        elif counts[iid] > 1:
-            where = [j for j, x in enumerate(rows) if x["image_id"] == iid]
-            report.failed.append(
-                (iid, str(r.get("path")), f"duplicate image_id in manifest (rows {', '.join(map(str, where))}); none of them ingested")
-            )
-        else:
-            todo.append(r)
+    valid, errors = check_rows(manifest, action="ingested")
+    report.failed.extend((e.image_id, e.path, e.reason) for e in errors)
+    todo = [rows[i] for i in valid.to_pylist()]
 
     existing = store.images()
     known = dict(zip(existing.column("image_id").to_pylist(), existing.column("sha256").to_pylist()))
@@ -112,7 +97,7 @@ def ingest(manifest_url: str, store: Store, *, workers: int = 0, progress: bool 
             elif status == "unchanged":
                 report.unchanged.append(r["image_id"])
             else:
-                report.failed.append((r["image_id"], str(r.get("path")), value))
+                report.failed.append((r["image_id"], r["path"], value))
 
     now = layout.now_ms()
     if added:
@@ -123,7 +108,7 @@ def ingest(manifest_url: str, store: Store, *, workers: int = 0, progress: bool 
         store.append_images(pa.Table.from_pylist(added))
     if report.failed:
         for iid, path, reason in report.failed:
-            log(f"ERROR image_id={iid or '?'} path={path}: {reason}")
+            log(error_line(iid, path, reason))
         store.append_ingest_errors(
             pa.Table.from_pylist([{"image_id": i, "path": p, "reason": r, "run_at": now} for i, p, r in report.failed])
         )

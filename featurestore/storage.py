@@ -1,17 +1,26 @@
 """Where a store's bytes live: a local directory or any fsspec URL (``s3://bucket/prefix``).
 
-Only the few operations the commit protocol needs: atomic whole-object writes, listing,
-Parquet and JSON helpers, a zarr store for the patch arrays, and a lock for shard allocation.
+Only the few operations the commit protocol needs: atomic whole-object writes, an atomic
+create-if-absent (shard claims) and compare-and-swap (the array's shape), listing, Parquet and
+JSON helpers, a zarr store for the patch arrays, and the sweep of dead writers' temporary files.
+
+Concurrent writers from different processes or machines are safe on local disk and on S3 (and
+S3-compatible servers that honour ``If-None-Match``/``If-Match`` on PUT). Other fsspec backends
+get the same calls through ``pipe_file(mode="create")`` and a read-modify-write, atomic only
+where that filesystem makes them so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
-import uuid
-from collections.abc import Iterator, Sequence
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -19,6 +28,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 from fsspec.implementations.local import LocalFileSystem
+
+from featurestore.errors import StoreFullError
+from featurestore.layout import paths as names
+
+#: This machine, as it appears in temporary file names (no dashes: they separate the fields).
+HOST = socket.gethostname().replace("-", "_").replace("/", "_") or "host"
+#: A temporary file of another machine (whose writer cannot be asked whether it is alive) is
+#: taken for dead after this many seconds without a change.
+FOREIGN_PARTIAL_AGE_S = 24 * 3600
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a reused pid counts as alive: the safe side)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _precondition_failed(e: BaseException) -> bool:
+    """Whether an object-store error is a failed If-Match / If-None-Match (HTTP 412)."""
+    cause = e.__cause__ or e.__context__
+    code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
+    return code in ("PreconditionFailed", "412") or "pre-condition" in str(e).lower() or "precondition" in str(e).lower()
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is the filesystem saying there is no room (ENOSPC, or a quota: EDQUOT)."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Location:
@@ -35,6 +76,12 @@ class Location:
 
     def __repr__(self) -> str:
         return f"Location({self.url!r})"
+
+    @property
+    def is_s3(self) -> bool:
+        """Whether the filesystem speaks S3 (conditional PUTs: If-None-Match, If-Match)."""
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        return any(p in ("s3", "s3a") for p in protocols)
 
     def path(self, *parts: str) -> str:
         """Full path of ``parts`` under the root (in the filesystem's own form, no protocol); empty parts
@@ -73,19 +120,156 @@ class Location:
         bufs = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            tmp = f"{final}.{uuid.uuid4().hex}.partial"
+            tmp = self.temp_path()
             try:
                 with open(tmp, "wb") as f:
                     for b in bufs:
                         f.write(b)
                 os.replace(tmp, final)
-            except BaseException:
+            except BaseException as e:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+                if is_disk_full(e):
+                    raise self.full_error(final, sum(memoryview(b).nbytes for b in bufs)) from None
                 raise
         else:
             self.fs.pipe_file(final, bufs[0] if len(bufs) == 1 else b"".join(memoryview(b).cast("B") for b in bufs))
         return final
+
+    def temp_path(self) -> str:
+        """(local) A new temporary file's path under this root's ``.tmp`` directory: same
+        filesystem as the final path, so the rename into place is atomic, and named for this
+        host and process, so :meth:`sweep_partials` can tell a dead writer's leftovers."""
+        d = self.path(names.TMP_DIR)
+        os.makedirs(d, exist_ok=True)
+        return f"{d}/{names.partial_name(HOST, os.getpid())}"
+
+    def full_error(self, path: str, needed: int) -> StoreFullError:
+        """The one-line error for a write that found the disk full: the store, the path, the
+        bytes needed and free. Never retried: more attempts only fill the disk again."""
+        free = "?"
+        with contextlib.suppress(OSError):
+            free = f"{shutil.disk_usage(self.root).free:,}"
+        return StoreFullError(
+            f"store location {self.url}: no space left on device writing {path} "
+            f"({needed:,} bytes needed, {free} bytes free); nothing of this write was committed. "
+            "Free space (or move the store) and run the same command again: committed data is intact."
+        )
+
+    def create_exclusive(self, data: bytes, *parts: str) -> bool:
+        """Create the object with ``data`` unless it exists; True for the one caller that created it.
+
+        Local: a whole temporary file hard-linked to the final name (``link`` fails when the name
+        exists, so readers never see a partial object). S3: a PUT with ``If-None-Match: *``.
+        """
+        final = self.path(*parts)
+        if self.is_local:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            tmp = self.temp_path()
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.link(tmp, final)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as e:
+                if is_disk_full(e):
+                    raise self.full_error(final, len(data)) from None
+                raise
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        try:
+            self.fs.pipe_file(final, data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if _precondition_failed(e):
+                return False
+            raise
+
+    def compare_and_swap(self, update: Callable[[bytes], bytes | None], *parts: str, attempts: int = 200) -> bytes:
+        """Replace an existing object by ``update(current)`` unless it returns None; returns the
+        bytes now stored. Local: under the lock. S3: a PUT with ``If-Match`` on the ETag that was
+        read, retried on a concurrent change, so no update is ever lost."""
+        path = self.path(*parts)
+        if self.is_local:
+            with self.lock(names.LOCK_FILE):
+                old = self.read_bytes(*parts)
+                new = update(old)
+                if new is None:
+                    return old
+                self.write_atomic(new, *parts)
+                return new
+        for k in range(attempts):
+            self.fs.invalidate_cache(path)
+            etag = self.fs.info(path).get("ETag")
+            old = self.fs.cat_file(path)
+            new = update(old)
+            if new is None:
+                return old
+            try:
+                if etag is not None and self.is_s3:
+                    self.fs.pipe_file(path, new, IfMatch=etag)
+                else:
+                    self.fs.pipe_file(path, new)  # no conditional PUT known for this backend
+                return new
+            except OSError as e:
+                if not _precondition_failed(e):
+                    raise
+                time.sleep(min(0.5, 0.005 * (k + 1)))  # someone else changed it: read again
+        raise OSError(f"{path}: gave up after {attempts} concurrent updates")
+
+    def sweep_partials(self, older_than_s: float | None = None) -> list[tuple[str, int]]:
+        """Remove temporary files of writers that are gone; returns (path, bytes) of each removed.
+
+        A file of this host is removed when its process no longer exists; one of another host
+        (or with a name radstore did not give it) when it has not changed for ``older_than_s``
+        seconds (default FOREIGN_PARTIAL_AGE_S). Only this root's ``.tmp`` directory is looked
+        at: cheap enough for every new writer. Object stores have no temporary files.
+        """
+        if not self.is_local:
+            return []
+        d = self.path(names.TMP_DIR)
+        try:
+            entries = [f"{d}/{n}" for n in os.listdir(d)]
+        except FileNotFoundError:
+            return []
+        return [(p, n) for p in entries if (n := self._remove_if_dead(p, older_than_s)) is not None]
+
+    def walk_partials(self, older_than_s: float | None = None) -> list[tuple[str, int]]:
+        """:meth:`sweep_partials` over every ``*.partial`` file anywhere under the root (a full walk:
+        for ``radstore store gc``, which also finds leftovers of older versions and of zarr)."""
+        if not self.is_local:
+            return []
+        out = []
+        for dirpath, _, files in os.walk(self.root):
+            for f in files:
+                if f.endswith(names.PARTIAL_SUFFIX):
+                    n = self._remove_if_dead(f"{dirpath}/{f}", older_than_s)
+                    if n is not None:
+                        out.append((f"{dirpath}/{f}", n))
+        return out
+
+    @staticmethod
+    def _remove_if_dead(path: str, older_than_s: float | None) -> int | None:
+        owner = names.partial_owner(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if owner is not None and owner[0] == HOST:
+            dead = not pid_alive(owner[1])
+        else:
+            dead = time.time() - st.st_mtime > (FOREIGN_PARTIAL_AGE_S if older_than_s is None else older_than_s)
+        if not dead:
+            return None
+        with contextlib.suppress(OSError):  # gone meanwhile, or a store this process may not change
+            os.unlink(path)
+            return st.st_size
+        return None
 
     def read_tail(self, nbytes: int, *parts: str) -> bytes:
         """The last ``nbytes`` of an object (FileNotFoundError if it does not exist)."""
@@ -164,9 +348,14 @@ class Location:
         """Parse one json object."""
         return json.loads(self.read_bytes(*parts))
 
+    @staticmethod
+    def json_bytes(obj: dict) -> bytes:
+        """How radstore's own json objects are stored: indented, keys sorted."""
+        return json.dumps(obj, indent=2, sort_keys=True).encode()
+
     def write_json(self, obj: dict, *parts: str) -> str:
-        """Write ``obj`` as indented json with sorted keys, atomically; returns the full path."""
-        return self.write_atomic(json.dumps(obj, indent=2, sort_keys=True).encode(), *parts)
+        """Write ``obj`` as :meth:`json_bytes`, atomically; returns the full path."""
+        return self.write_atomic(self.json_bytes(obj), *parts)
 
     def write_parquet(self, table: pa.Table, *parts: str, dictionary_columns: list[str] | None = None) -> str:
         """Write one zstd Parquet object atomically, dictionary-encoding only ``dictionary_columns``;
@@ -201,18 +390,16 @@ class Location:
         proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return f"{proto}://{path}"
 
-    # -- allocation lock ------------------------------------------------------------------
+    # -- local lock -----------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, *parts: str) -> Iterator[None]:
-        """An exclusive lock across processes for short metadata updates.
+        """(local) An exclusive ``flock`` across processes for short metadata updates.
 
-        Local stores use ``flock`` on a lock file. Object stores have no locks: there, one
-        coordinator (the extraction flow) allocates shards before workers start, as the
-        design requires; this context manager is then a no-op.
+        Object stores have no locks: what needs one there uses :meth:`create_exclusive` or
+        :meth:`compare_and_swap`, so this refuses them.
         """
         if not self.is_local:
-            yield
-            return
+            raise NotImplementedError(f"{self.url}: object stores have no locks; use create_exclusive or compare_and_swap")
         import fcntl
 
         path = self.path(*parts)

@@ -34,26 +34,30 @@ class Store:
         nothing. Raises RadstoreError for a missing store, a foreign or newer format, or a non-empty
         local directory that is not a store."""
         loc = Location(url, storage_options)
-        if loc.exists(layout.STORE_JSON):
-            meta = loc.read_json(layout.STORE_JSON)
-            if meta.get("format") != layout.FORMAT_NAME:
-                raise RadstoreError(f"{url}/{layout.STORE_JSON} is not a radstore store record (format={meta.get('format')!r})")
-            layout.check_format_version(meta.get("format_version"), f"store {url}")
-            return cls(loc, meta)
-        if not create:
-            raise RadstoreError(
-                f"no radstore store at {url} (no {layout.STORE_JSON}). Create one with "
-                "`radstore ingest --store ...` or Store.open(url, create=True)."
-            )
-        if loc.is_local and loc.fs.exists(loc.root) and loc.fs.ls(loc.root):
-            raise RadstoreError(f"{url} exists, is not empty and is not a radstore store; choose an empty or new directory")
-        meta = {
-            "format": layout.FORMAT_NAME,
-            "format_version": layout.FORMAT_VERSION,
-            "created_at": datetime.now(UTC).isoformat(),
-            "created_by": f"radstore {__version__}",
-        }
-        loc.write_json(meta, layout.STORE_JSON)
+        if create:
+            loc.sweep_partials()  # temporary files of writers that died
+        if not loc.exists(layout.STORE_JSON):
+            if not create:
+                raise RadstoreError(
+                    f"no radstore store at {url} (no {layout.STORE_JSON}). Create one with "
+                    "`radstore ingest --store ...` or Store.open(url, create=True)."
+                )
+            if loc.is_local and loc.fs.exists(loc.root):
+                others = [p for p in loc.fs.ls(loc.root, detail=False) if p.rstrip("/").rsplit("/", 1)[-1] != layout.TMP_DIR]
+                if others and not loc.exists(layout.STORE_JSON):
+                    raise RadstoreError(f"{url} exists, is not empty and is not a radstore store; choose an empty or new directory")
+            meta = {
+                "format": layout.FORMAT_NAME,
+                "format_version": layout.FORMAT_VERSION,
+                "created_at": datetime.now(UTC).isoformat(),
+                "created_by": f"radstore {__version__}",
+            }
+            if loc.create_exclusive(loc.json_bytes(meta), layout.STORE_JSON):  # a concurrent creator's may win
+                return cls(loc, meta)
+        meta = loc.read_json(layout.STORE_JSON)
+        if meta.get("format") != layout.FORMAT_NAME:
+            raise RadstoreError(f"{url}/{layout.STORE_JSON} is not a radstore store record (format={meta.get('format')!r})")
+        layout.check_format_version(meta.get("format_version"), f"store {url}")
         return cls(loc, meta)
 
     # -- images -----------------------------------------------------------------------------

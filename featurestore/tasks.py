@@ -8,18 +8,49 @@ holds it, which metrics evaluate it (the first is the headline, ``primary``; def
 manifest column. Training, evaluation, the report, the SQL views and the CLI all read these
 tables; a new kind or task is one :func:`register_kind` / :func:`register_task` call.
 
+What a task's manifest column may hold is said here too, once (:data:`LABEL_TYPES`, a kind's
+``labels``, a task's ``value_range``; :meth:`TaskDef.label` applies it to one cell). Training
+checks every labelled row against it before anything is trained (:func:`heads.data.load_labels`):
+
+- ``binary`` (classification): booleans, the numbers 0 and 1, or the text true/false/1/0 (any
+  case: what a CSV reader makes of a boolean column when some other cell is text);
+- ``number`` (regression): finite numbers (also as text), inside the task's ``value_range``
+  when it has one (the cardiothoracic ratio: 0 < ctr < 1); booleans are not numbers;
+- ``mask`` (segmentation): the path of an image file (PNG, JPEG, TIFF or DICOM) that can be
+  opened and whose size equals its image's (checked from the file's header by heads.data).
+
+A null or empty cell is no label: that image is left out of the task (not an error).
+
 This module sits below ``heads`` and ``evaluation`` (both read it) and imports neither: the
 names it holds (objectives, metrics, heads) are checked where they are used.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from featurestore.errors import RadstoreError
 
 INPUTS = ("global", "patches")
 MASK = "mask"  # the prediction of a patch kind: per-pixel probabilities stored as an array
+LABEL_TYPES = ("binary", "number", "mask")  # what a kind's manifest column holds (module doc)
+_TRUE, _FALSE = ("true", "1"), ("false", "0")  # binary labels written as text (any case)
+
+
+@dataclass(frozen=True)
+class ValueRange:
+    """The values a ``number`` label may take: ``low < v < high`` (``closed``: ``low <= v <= high``)."""
+
+    low: float
+    high: float
+    closed: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        return self.low <= v <= self.high if self.closed else self.low < v < self.high
+
+    def __str__(self) -> str:
+        return f"{'[' if self.closed else '('}{self.low:g}, {self.high:g}{']' if self.closed else ')'}"
 
 
 @dataclass(frozen=True)
@@ -32,6 +63,9 @@ class TaskKind:
     objective: str  # heads.objectives name: loss, output width and output -> prediction
     metrics: tuple[str, ...]  # evaluation.metrics names, the headline first
     heads: tuple[str, ...]  # heads.registry names that can be trained for this kind
+    # LABEL_TYPES name of the manifest column; "" = "mask" for patch kinds, "binary" for the
+    # classification objective, "number" otherwise
+    labels: str = ""
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
@@ -40,6 +74,13 @@ class TaskKind:
             raise RadstoreError(f"task kind {self.name}: patch kinds predict {MASK!r}, global kinds a column")
         if not self.metrics or not self.heads:
             raise RadstoreError(f"task kind {self.name}: needs at least one metric and one head")
+        if not self.labels:
+            default = "mask" if self.input == "patches" else "binary" if self.objective == "classification" else "number"
+            object.__setattr__(self, "labels", default)
+        if self.labels not in LABEL_TYPES:
+            raise RadstoreError(f"task kind {self.name}: labels must be one of {LABEL_TYPES}, got {self.labels!r}")
+        if (self.labels == "mask") != (self.input == "patches"):
+            raise RadstoreError(f"task kind {self.name}: patch kinds, and only they, have mask labels")
 
     @property
     def primary(self) -> str:
@@ -59,6 +100,7 @@ class TaskDef:
     name: str
     kind: str  # a TASK_KINDS name, as stored in run.json and the metric tables (task_kind)
     column: str
+    value_range: ValueRange | None = None  # number labels only: the values the column may hold
 
     @property
     def spec(self) -> TaskKind:
@@ -69,6 +111,49 @@ class TaskDef:
     def input(self) -> str:
         """The embedding the task's heads read: "global" or "patches" (from its kind)."""
         return self.spec.input
+
+    @property
+    def expected(self) -> str:
+        """What every labelled cell of the column must be, in the words error messages use."""
+        labels = self.spec.labels
+        if labels == "binary":
+            return "booleans (true/false or 0/1)"
+        if labels == "number":
+            return "finite numbers" + (f" in {self.value_range}" if self.value_range else "")
+        return "paths of readable mask images (PNG, JPEG, TIFF or DICOM) the size (width x height) of their image"
+
+    def label(self, value: object) -> float | str:
+        """One non-empty cell of the column as training uses it: 0.0/1.0 (binary), the number
+        (number) or the path as written (mask; the file itself is checked by heads.data).
+        Raises ValueError when the cell is not one of :attr:`expected`."""
+        labels = self.spec.labels
+        if labels == "mask":
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not a path")
+            return value
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if labels == "binary" and text in _TRUE + _FALSE:
+                return float(text in _TRUE)
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(repr(value)) from None
+        elif isinstance(value, bool):
+            if labels == "binary":
+                return float(value)
+            raise ValueError(repr(value))
+        elif isinstance(value, int | float):
+            number = float(value)
+        else:
+            raise ValueError(repr(value))
+        if labels == "binary":
+            if number not in (0.0, 1.0):
+                raise ValueError(repr(value))
+            return number
+        if not math.isfinite(number) or (self.value_range is not None and number not in self.value_range):
+            raise ValueError(repr(value))
+        return number
 
 
 TASK_KINDS: dict[str, TaskKind] = {}
@@ -85,7 +170,9 @@ def register_kind(kind: TaskKind) -> TaskKind:
 
 def register_task(task: TaskDef) -> TaskDef:
     """Add a task; its kind must be registered first."""
-    get_kind(task.kind)
+    kind = get_kind(task.kind)
+    if task.value_range is not None and kind.labels != "number":
+        raise RadstoreError(f"task {task.name}: only number labels have a value_range ({task.kind} labels are {kind.labels})")
     if task.name in TASKS and TASKS[task.name] != task:
         raise RadstoreError(f"task {task.name!r} is already registered differently")
     TASKS[task.name] = task
@@ -142,7 +229,7 @@ for _kind in (
 for _task in (
     TaskDef("pneumothorax-cls", "classification", "pneumothorax"),
     TaskDef("cardiomegaly-cls", "classification", "cardiomegaly"),
-    TaskDef("ctr-reg", "regression", "ctr"),
+    TaskDef("ctr-reg", "regression", "ctr", ValueRange(0.0, 1.0)),  # cardiothoracic ratio: 0 < ctr < 1
     TaskDef("pneumothorax-seg", "segmentation", "pneumothorax_mask"),
     TaskDef("heart-seg", "segmentation", "heart_mask"),
 ):

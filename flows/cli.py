@@ -54,10 +54,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     """``radstore ingest``: index a manifest's images, print the counts; exits 1 if any image failed."""
     from featurestore.ingest import ingest
+    from featurestore.manifest import load_manifest
     from featurestore.store import Store
 
+    manifest = load_manifest(args.manifest)  # first: a manifest that cannot be read creates no store
     store = Store.open(args.store, create=True)
-    report = ingest(args.manifest, store, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    report = ingest(manifest, store, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     print(report.summary())
     if report.failed:
         print(f"{len(report.failed)} image(s) failed; listed above and in {args.store}/ingest_errors/", file=sys.stderr)
@@ -121,24 +123,43 @@ def cmd_store_info(args: argparse.Namespace) -> int:
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
     """``radstore store verify``: print each feature set's state; exits 1 if a committed image lacks
-    its grid."""
+    its grid or a shard was committed more than once."""
     from featurestore.store import Store
 
     store = Store.open(args.store)
     bad_total = 0
     for fs in store.feature_sets():
         bad = fs.verify()
-        bad_total += len(bad)
-        state = "ok" if not bad else f"{len(bad)} committed image(s) without grid data: {', '.join(bad[:10])}"
-        print(f"{fs.id}: {len(fs)} images, {state}")
+        shared = fs.shared_shards()
+        bad_total += len(bad) + len(shared)
+        problems = []
+        if bad:
+            problems.append(f"{len(bad)} committed image(s) without grid data: {', '.join(bad[:10])}")
+        if shared:
+            which = ", ".join(f"shard {k} by {n} parts" for k, n in list(shared.items())[:10])
+            problems.append(f"{len(shared)} shard(s) committed more than once ({which}): re-extract their images")
+        print(f"{fs.id}: {len(fs)} images, {'; '.join(problems) or 'ok'}")
     return EXIT_OK if bad_total == 0 else EXIT_PARTIAL
+
+
+def cmd_store_gc(args: argparse.Namespace) -> int:
+    """``radstore store gc``: remove dead writers' temporary files, print each feature set's array
+    use; exits 0 (committed data is never touched)."""
+    from featurestore.gc import collect
+    from featurestore.store import Store
+
+    report = collect(Store.open(args.store), older_than_s=args.older_than)
+    for f in report.feature_sets:
+        print(f.line())
+    print(f"store: removed {len(report.removed)} other temporary file(s); {_human(report.removed_bytes)} freed in all")
+    return EXIT_OK
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """``radstore extract``: run the extraction flow, print its message and the feature set id; exits 1
     if images failed, 2 if the flow did."""
     from featurestore.encoders import preflight
-    from featurestore.manifest import load_manifest
+    from featurestore.manifest import error_line, load_manifest
 
     # Fail in one line, before Prefect starts, on what a user must fix (weights, manifest).
     preflight(args.encoder, args.weights)
@@ -152,8 +173,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if isinstance(out, BaseException):
         print(f"error: {out}", file=sys.stderr)
         return EXIT_ERROR
-    for image_id, reason in out["failed"]:
-        print(f"ERROR image_id={image_id}: {reason}", file=sys.stderr)
+    for image_id, path, reason in out["rejected"]:
+        print(error_line(image_id, path, reason), file=sys.stderr)
     print(state.message)
     print(out["feature_set_id"])
     return EXIT_PARTIAL if out["failed"] else EXIT_OK
@@ -174,8 +195,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from featurestore.tasks import TASKS, all_heads, get_task
 
     store = Store.open(args.store)
-    store.feature_set(args.feature_set)  # fail now, in one line, on a wrong id
+    fs = store.feature_set(args.feature_set)  # fail now, in one line, on a wrong id
     tasks = list(TASKS) if args.task == "all" else [get_task(args.task).name]
+    from heads.data import load_labels
+
+    for t in tasks:  # bad labels or masks: one line now, before Prefect starts
+        load_labels(get_task(t), fs, args.manifest, store)
     heads = list(all_heads()) if args.head == "all" else [args.head]
     folds = list(range(args.folds)) if args.fold == "all" else [None if args.fold is None else int(args.fold)]
     if len(tasks) * len(heads) * len(folds) == 1:
@@ -470,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Dispatched in main() before parsing: its options are benchmarks.run's (radstore bench --help).
     sub.add_parser("bench", help="run the benchmarks, same as make bench (radstore bench --help lists the options)")
 
-    st = sub.add_parser("store", help="inspect a store").add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
+    st = sub.add_parser("store", help="inspect and tidy a store").add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
     s = st.add_parser("info", help="images and feature sets with their sizes")
     s.add_argument("store")
     s.add_argument("--json", action="store_true")
@@ -478,6 +503,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = st.add_parser("verify", help="check that every committed row has its grid on storage")
     s.add_argument("store")
     s.set_defaults(func=cmd_store_verify)
+    s = st.add_parser("gc", help="remove temporary files of dead writers; report array rows no commit uses")
+    s.add_argument("store")
+    s.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a temporary file of another machine counts as dead after this long unchanged (default: one day); "
+        "this machine's count as dead as soon as their process is gone",
+    )
+    s.set_defaults(func=cmd_store_gc)
     return p
 
 

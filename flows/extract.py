@@ -1,8 +1,9 @@
 """Prefect flow ``extract-embeddings``: plan the backfill, one task per shard-sized group.
 
-Thin by design: each task calls a plain function of :mod:`featurestore.extract`. The
-coordinator (the flow) plans the groups and allocates one shard per group before any task
-starts, so tasks running on several Dask workers never share a shard and never need a lock.
+Thin by design: each task calls a plain function of :mod:`featurestore.extract`. The flow
+plans the groups; each task claims the shards it commits (an atomic create of the shard's
+claim object, on every backend), so tasks of this flow run, of other flow runs and of other
+processes never share a shard.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from featurestore.errors import RadstoreError
-from featurestore.extract import ExtractConfig, ExtractResult, Plan, extract_group, plan, stack_results
+from featurestore.extract import ExtractConfig, ExtractResult, Plan, extract_group, plan, record_rejected, stack_results
+from featurestore.manifest import load_manifest, printable
 from featurestore.store import Store
 from flows import prefect_env  # noqa: F401  (sets Prefect defaults before prefect is imported)
 
@@ -34,19 +36,19 @@ def _transient(task, task_run, state) -> bool:
 
 @task(name="plan-extraction", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
 def plan_task(manifest: str, store: str, cfg: ExtractConfig, storage_options: dict | None) -> Plan:
-    """Prefect task: plan the extraction (creating the store and the feature set if needed) and
-    allocate one shard per group, before any extraction task starts."""
-    return plan(manifest, Store.open(store, create=True, storage_options=storage_options), cfg)
+    """Prefect task: plan the extraction (creating the store and the feature set if needed, once
+    the manifest has been read: a manifest that cannot be read creates nothing)."""
+    m = load_manifest(manifest)
+    return plan(m, Store.open(store, create=True, storage_options=storage_options), cfg)
 
 
-@task(name="extract-group", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, task_run_name="extract-shard-{shard}")
+@task(name="extract-group", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, task_run_name="extract-group-{group}")
 def extract_group_task(
-    manifest: str, store: str, cfg: ExtractConfig, image_ids: list[str], shard: int, storage_options: dict | None
+    manifest: str, store: str, cfg: ExtractConfig, image_ids: list[str], group: int, storage_options: dict | None
 ) -> ExtractResult:
-    """Prefect task: extract one group into the shard the planner gave it, so concurrent tasks never
-    write the same shard."""
+    """Prefect task: extract one shard-sized group; its writer claims the shard it commits."""
     st = Store.open(store, storage_options=storage_options)
-    return extract_group(manifest, st, cfg, image_ids, shards=[shard], desc=f"shard {shard}")
+    return extract_group(manifest, st, cfg, image_ids, desc=f"group {group}")
 
 
 def _publish(result: ExtractResult, cfg: ExtractConfig) -> None:
@@ -64,7 +66,9 @@ def _publish(result: ExtractResult, cfg: ExtractConfig) -> None:
         }
     ]
     create_table_artifact(rows, key=key, description=f"extraction summary for {result.feature_set_id}")
-    failed = "\n".join(f"- `{i}`: {r}" for i, r in result.failed[:50]) or "none"
+    failed = (
+        "\n".join(f"- `{printable(i) or '?'}` (path `{printable(p) or '?'}`): {printable(r)}" for i, p, r in result.rejected[:50]) or "none"
+    )
     create_markdown_artifact(
         f"# Extraction {result.feature_set_id}\n\n{result.summary()}\n\n## Failed images\n{failed}\n",
         key=f"{key}-report",
@@ -109,23 +113,27 @@ def extract_embeddings(
         len(p.groups),
         p.skipped,
     )
-    futures = [extract_group_task.submit(manifest, store, cfg, g, s, storage_options) for g, s in zip(p.groups, p.shards)]
+    futures = [extract_group_task.submit(manifest, store, cfg, g, k, storage_options) for k, g in enumerate(p.groups)]
     results = [f.result() for f in futures]
     result = stack_results(results, wall_seconds=time.perf_counter() - t0) if results else ExtractResult(p.feature_set_id)
     result.feature_set_id = p.feature_set_id
     result.skipped += p.skipped
+    if p.rejected:  # the manifest's bad rows: rejected by the plan, recorded here once
+        record_rejected(Store.open(store, storage_options=storage_options).feature_set(p.feature_set_id), p.rejected)
+        result.rejected[:0] = p.rejected
     _publish(result, cfg)
     summary = {
         "feature_set_id": p.feature_set_id,
         "done": result.done,
         "skipped": result.skipped,
-        "failed": result.failed,
+        "failed": result.failed,  # (image_id, reason)
+        "rejected": result.rejected,  # (image_id, path in the manifest, reason)
         "images_per_s": result.images_per_s,
         "seconds": result.seconds,
     }
     if result.failed:
-        for image_id, reason in result.failed:
-            logger.error("image_id=%s failed: %s", image_id, reason)
+        for image_id, path, reason in result.rejected:
+            logger.error("image_id=%s path=%s failed: %s", printable(image_id) or "?", printable(path) or "?", printable(reason))
         return Failed(message=f"{len(result.failed)} image(s) failed ({result.summary()})", data=summary)
     return Completed(message=result.summary(), data=summary)
 

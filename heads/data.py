@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,9 +34,9 @@ import torch.nn.functional as F
 from featurestore import layout
 from featurestore.encoders.preprocess import Preprocessing
 from featurestore.encoders.weights import cache_dir
-from featurestore.errors import RadstoreError
+from featurestore.errors import LabelError, RadstoreError
 from featurestore.featureset import FeatureSet
-from featurestore.imageio import read_image
+from featurestore.imageio import read_image, sniff_format
 from featurestore.manifest import load_manifest
 from featurestore.store import Store
 from featurestore.tasks import TaskDef
@@ -74,37 +75,123 @@ def manifests_of(store: Store) -> list[str]:
 
 
 def load_labels(task: TaskDef, fs: FeatureSet, manifest: str | list[str] | None, store: Store) -> Labels:
-    """Join the task's label column with the committed images of the feature set."""
+    """Join the task's label column with the committed images of the feature set.
+
+    Every labelled row the task will use (an image of the feature set, from the first manifest
+    that labels it; a null or empty cell is no label, and that image is left out) is checked
+    against the task's labels (``TaskDef.expected``, :mod:`featurestore.tasks`) before anything
+    is trained; masks are checked from their file's header (opens, and is its image's size).
+    Every bad row of the column is reported in one :class:`LabelError` naming the manifest,
+    column, task, image ids and what was expected.
+    """
     urls = [manifest] if isinstance(manifest, str) else (manifest or manifests_of(store))
     if not urls:
         raise RadstoreError(
             f"no manifest to take labels for {task.name} from: pass --manifest, or ingest the cohort into {store.url} first"
         )
     committed = fs.index()
-    ids, patients, splits, values, masks = [], [], [], [], []
-    seen: set[str] = set()
+    dense = task.spec.dense
+    ids, patients, splits, values, masks, images = [], [], [], [], [], []
+    bad: list[tuple[str, str, str]] = []  # (manifest, image_id, what is wrong) of every bad row
+    seen: dict[str, int] = {}  # image_id -> its position among the labelled rows
     for url in urls:
         m = load_manifest(url, required=("image_id", task.column))
-        cols = [c for c in ("image_id", "patient_id", "split", task.column) if c in m.table.column_names]
+        cols = [c for c in ("image_id", "patient_id", "split", "path", task.column) if c in m.table.column_names]
         for r in m.table.select(cols).to_pylist():
-            i = r["image_id"]
-            if i in seen or i not in committed or r[task.column] is None:
+            i, cell = r["image_id"], r[task.column]
+            if i in seen or i not in committed or cell is None or (isinstance(cell, str) and not cell.strip()):
                 continue
-            seen.add(i)
+            seen[i] = len(seen)
+            try:
+                value = task.label(cell)
+            except ValueError as e:
+                bad.append((url, i, str(e)))
+                continue
             ids.append(i)
             patients.append(r.get("patient_id") or i)
             splits.append(r.get("split") or "train")
-            if task.spec.dense:
+            if dense:
                 values.append(0.0)
-                masks.append(m.resolve(r[task.column]))
+                masks.append(m.resolve(value))
+                path = r.get("path")
+                images.append((url, m.resolve(path) if isinstance(path, str) and path.strip() else None))
             else:
-                v = float(r[task.column])
-                if not np.isfinite(v):
-                    raise RadstoreError(f"image_id={i}: label {task.column}={v} is not finite in {url}")
-                values.append(v)
+                values.append(value)
+    if dense and ids:
+        bad += _mask_problems(ids, masks, images, store)
+    if bad:
+        raise _label_error(task, sorted(bad, key=lambda b: seen[b[1]]))  # in manifest order
     if not ids:
         raise RadstoreError(f"no image of feature set {fs.id} has a {task.column!r} label in {', '.join(urls)}")
-    return Labels(ids, patients, splits, np.asarray(values, np.float32), masks if task.spec.dense else None)
+    return Labels(ids, patients, splits, np.asarray(values, np.float32), masks if dense else None)
+
+
+SHOWN_BAD_ROWS = 10  # image ids a LabelError lists before "and N more"
+
+
+def _label_error(task: TaskDef, bad: list[tuple[str, str, str]]) -> LabelError:
+    """One line for every bad row of the task's column (the first SHOWN_BAD_ROWS listed)."""
+    where = list(dict.fromkeys(u for u, _, _ in bad))
+    shown = ", ".join(f"{i} ({why})" for _, i, why in bad[:SHOWN_BAD_ROWS])
+    more = f", and {len(bad) - SHOWN_BAD_ROWS} more" if len(bad) > SHOWN_BAD_ROWS else ""
+    return LabelError(
+        f"{'manifest' if len(where) == 1 else 'manifests'} {', '.join(where)} column {task.column!r} (task {task.name}) "
+        f"has {len(bad)} value(s) that are not {task.expected}: image_id {shown}{more}; "
+        "fix them, or leave those cells empty to train without those images"
+    )
+
+
+def _mask_problems(ids: list[str], masks: list[str], images: list[tuple[str, str | None]], store: Store) -> list[tuple[str, str, str]]:
+    """(manifest, image_id, what is wrong) of every mask that cannot be opened or whose size is
+    not its image's: the image index's size, else the image file's header (unchecked when neither
+    is known). Reads only file headers, a few at a time."""
+    index = store.images()
+    known = dict(zip(index.column("image_id").to_pylist(), zip(index.column("height").to_pylist(), index.column("width").to_pylist())))
+
+    def one(k: int) -> str | None:
+        try:
+            got = header_size(masks[k])
+        except ValueError as e:
+            return f"{masks[k]}: {e}"
+        want = known.get(ids[k])
+        if want is None and images[k][1] is not None:
+            with contextlib.suppress(ValueError):
+                want = header_size(images[k][1])
+        if want is not None and tuple(want) != got:
+            return f"mask {got[1]}x{got[0]}, image {want[1]}x{want[0]}"
+        return None
+
+    with ThreadPoolExecutor(8) as ex:
+        found = list(ex.map(one, range(len(ids))))
+    return [(images[k][0], ids[k], why) for k, why in enumerate(found) if why is not None]
+
+
+def header_size(uri: str) -> tuple[int, int]:
+    """(height, width) of an image file from its header alone (Pillow's lazy open, or the DICOM
+    header without pixel data); ValueError saying why when the file cannot be opened as an image."""
+    try:
+        with fsspec.open(uri, "rb") as f:
+            head = f.read(132)
+            f.seek(0)
+            if not head:
+                raise ValueError("file is empty")
+            if sniff_format(head, uri) == "dicom":
+                import pydicom
+
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+                return int(ds.Rows), int(ds.Columns)
+            from PIL import Image
+
+            with Image.open(f) as im:
+                return im.height, im.width
+    except ValueError:
+        raise
+    except FileNotFoundError:
+        raise ValueError("file not found") from None
+    except IsADirectoryError:
+        raise ValueError("is a directory, not an image file") from None
+    except Exception as e:  # noqa: BLE001 - whatever the decoder says, the file is not a readable image
+        raise ValueError(f"not a readable image ({type(e).__name__})") from None
 
 
 def split_indices(labels: Labels, fold: int | None, folds: int, seed: int) -> dict[str, np.ndarray]:

@@ -7,19 +7,17 @@ import socket
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from featurestore.featureset import FeatureSetSpec
 from featurestore.synth.cohort import SynthConfig, synthesize
+from tests.oracle import TINY_DIM, TINY_GRID, batch_for, embedding_for  # noqa: F401 - re-exported to the tests
 
 # Small sides keep the suite fast; the generator's defaults (512-1024) are exercised in test_synth.
 COHORT = SynthConfig(n=24, seed=7, min_side=256, max_side=384, png_fraction=0.25, monochrome1_fraction=0.3)
-TINY_GRID = (8, 4, 4)
-TINY_DIM = 6
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,17 +40,6 @@ def cohort(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_spec() -> FeatureSetSpec:
     return FeatureSetSpec(encoder="tiny", weights_fingerprint="test-weights", grid=TINY_GRID, global_dim=TINY_DIM, shard_images=16)
-
-
-def embedding_for(image_id: str, grid=TINY_GRID, dim=TINY_DIM) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (cls, patches) of one image: the oracle every store test compares against."""
-    rng = np.random.default_rng(zlib.crc32(image_id.encode()))
-    return rng.standard_normal(dim).astype(np.float32), rng.standard_normal(grid).astype(np.float32)
-
-
-def batch_for(ids, grid=TINY_GRID, dim=TINY_DIM) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [embedding_for(i, grid, dim) for i in ids]
-    return np.stack([c for c, _ in pairs]), np.stack([p for _, p in pairs])
 
 
 @pytest.fixture(scope="session")
@@ -107,13 +94,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A moto S3 server on 127.0.0.1 for the session; yields fsspec storage options."""
+    """An S3-compatible server (moto, atomic conditional PUTs as on S3: tests/s3_server.py) on
+    127.0.0.1 for the session; yields fsspec storage options."""
     pytest.importorskip("moto")
     import s3fs
 
     port = free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.s3_server", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     endpoint = f"http://127.0.0.1:{port}"
     opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
     deadline = time.time() + 30

@@ -7,8 +7,13 @@ holds them to the committed fixture).
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from featurestore import layout
 from featurestore.featureset.spec import FeatureSetSpec
@@ -18,16 +23,22 @@ from featurestore.storage import Location
 #: (benchmarks/README.md). Applied only inside radstore's own array operations, so a caller's
 #: zarr configuration is left alone.
 ZARR_CONFIG = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline", "async.concurrency": 16}
+#: The zarr v3 metadata object of a group or array.
+ZARR_JSON = "zarr.json"
 
 
 def create_array(loc: Location, spec: FeatureSetSpec) -> None:
-    """Create the empty ``patches`` array of a new feature set (no rows: shards are allocated).
+    """Create the empty ``patches`` array of a new feature set (no rows: shards are claimed).
 
-    NaN fill value: a read of a chunk that was never written is recognisable (layout, commit
-    protocol step 4).
+    The metadata is made by zarr in memory and each object created only where it is absent,
+    so two processes creating the same feature set at once never overwrite each other (nor an
+    array another one has already grown). NaN fill value: a read of a chunk that was never
+    written is recognisable (layout, commit protocol step 4).
     """
+    objects: dict = {}
+    mem = zarr.storage.MemoryStore(store_dict=objects)
     with zarr.config.set(ZARR_CONFIG):
-        group = zarr.open_group(loc.zarr_store(layout.PATCHES_GROUP), mode="w", zarr_format=3)
+        group = zarr.open_group(mem, mode="w", zarr_format=3)
         c, h, w = spec.grid
         s = spec.shard_images
         group.create_array(
@@ -41,6 +52,22 @@ def create_array(loc: Location, spec: FeatureSetSpec) -> None:
             dimension_names=layout.DIMENSION_NAMES,
             attributes={"feature_set_id": spec.feature_set_id, "note": "rows are valid only where cls/ has them"},
         )
+    for key in sorted(objects):  # the group's zarr.json, then the array's
+        loc.create_exclusive(objects[key].to_bytes(), layout.PATCHES_GROUP, key)
+
+
+def grow_array(loc: Location, rows: int) -> None:
+    """Make the array at least ``rows`` rows long; never shrinks it, never loses a concurrent
+    growth (:meth:`Location.compare_and_swap` of its ``zarr.json``)."""
+
+    def update(raw: bytes) -> bytes | None:
+        meta = ArrayV3Metadata.from_dict(json.loads(raw))
+        if meta.shape[0] >= rows:
+            return None
+        grown = dataclasses.replace(meta, shape=(rows, *meta.shape[1:]))
+        return grown.to_buffer_dict(default_buffer_prototype())[ZARR_JSON].to_bytes()
+
+    loc.compare_and_swap(update, layout.PATCHES_GROUP, layout.PATCHES_ARRAY, ZARR_JSON)
 
 
 def open_array(loc: Location) -> zarr.Array:

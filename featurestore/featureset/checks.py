@@ -33,11 +33,17 @@ def check_batch(
     b = len(ids)
     c, h, w = spec.grid
     d = spec.global_dim
-    if any(not i for i in ids):
-        raise FeatureSetError(f"empty image_id in batch; {_NOTHING}")
+    empty = [k for k, i in enumerate(ids) if not i]
+    if empty:
+        raise FeatureSetError(f"empty image_id at position(s) {_positions(empty)} of a batch of {b}; {_NOTHING}")
     if len(set(ids)) != b:
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        raise FeatureSetError(f"image_id(s) {', '.join(dupes[:5])} appear twice in one batch; {_NOTHING}")
+        where: dict[str, list[int]] = {}
+        for k, i in enumerate(ids):
+            where.setdefault(i, []).append(k)
+        dupes = [(_shown(i), ks) for i, ks in where.items() if len(ks) > 1]
+        at = "; ".join(f"{i} at positions {_positions(ks)}" for i, ks in dupes[:5])
+        more = f" and {len(dupes) - 5} more" if len(dupes) > 5 else ""
+        raise FeatureSetError(f"image_id(s) {', '.join(i for i, _ in dupes[:5])}{more} appear twice in one batch ({at}); {_NOTHING}")
     if tuple(cls.shape) != (b, d):
         raise FeatureSetError(f"cls has shape {tuple(cls.shape)}, feature set {fs_id} expects ({b}, {d}) for {b} image_id(s); {_NOTHING}")
     if tuple(patches.shape) != (b, c, h, w):
@@ -49,6 +55,16 @@ def check_batch(
     for k, v in extras.items():
         if tuple(v.shape) != (b, spec.extra_globals[k]):
             raise FeatureSetError(f"extra global {k!r} has shape {tuple(v.shape)}, expected ({b}, {spec.extra_globals[k]}); {_NOTHING}")
+
+
+def _shown(image_id: str) -> str:
+    """An image_id for an error message, control characters escaped (no fake lines)."""
+    return image_id if image_id.isprintable() else repr(image_id)[1:-1]
+
+
+def _positions(ks: list[int], most: int = 10) -> str:
+    """``ks`` as text, at most ``most`` of them (then how many more)."""
+    return ", ".join(map(str, ks[:most])) + (f" and {len(ks) - most} more" if len(ks) > most else "")
 
 
 class NonFinite(Exception):

@@ -127,6 +127,18 @@ class GridReader:
                 bad += [ids[k] for k in np.flatnonzero((rows >= lo) & (rows < hi)) if np.isnan(first[rows[k] - lo])]
         return bad
 
+    def _checked(self, data, ids: list[str], rows: np.ndarray):
+        """``data`` (dask, the committed rows in order) with the presence check of every other
+        read path applied to each block when it is computed: a committed image whose grid is
+        missing raises StoreCorruptionError instead of arriving as NaN."""
+
+        def check(block: np.ndarray, block_info=None) -> np.ndarray:
+            lo, hi = block_info[0]["array-location"][0]
+            self.require_present(block, rows[lo:hi], ids[lo:hi])
+            return block
+
+        return data.map_blocks(check, dtype=data.dtype)
+
     def to_xarray(self):
         """Lazy ``xarray.Dataset`` of the committed rows (dask, one chunk per shard)."""
         import xarray as xr
@@ -142,6 +154,7 @@ class GridReader:
                 zarr_format=3,
             )
         ds = ds.isel(image=rows)
+        ds["patches"] = ds["patches"].copy(data=self._checked(ds["patches"].data, ids, rows))
         cls = t.column("cls").combine_chunks().flatten().to_numpy().reshape(len(ids), self.spec.global_dim)
         c, h, w = self.spec.grid
         ds = ds.assign_coords(image_id=("image", ids), channel=np.arange(c), y=np.arange(h), x=np.arange(w))

@@ -8,6 +8,7 @@ work is done by the sibling modules: :mod:`.committed` (which rows exist), :mod:
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,11 +22,11 @@ from featurestore import layout
 from featurestore.errors import FeatureSetError
 from featurestore.featureset import committed
 from featurestore.featureset import writer as writing
-from featurestore.featureset.array import ZARR_CONFIG, create_array, open_array, shard_object_key
+from featurestore.featureset.array import create_array, grow_array, open_array, shard_object_key
 from featurestore.featureset.grids import GridReader
 from featurestore.featureset.spec import FeatureSetSpec
 from featurestore.layout import ShardIndex
-from featurestore.storage import Location
+from featurestore.storage import HOST, Location
 
 
 class FeatureSet:
@@ -45,6 +46,8 @@ class FeatureSet:
         self._array_rows = -1
         self._plain: bool | None = None
         self._grids = GridReader(self)
+        self._next_claim = 0  # claims below this one were tried by this object already
+        self._owner = uuid.uuid4().hex  # who this object's claims say owns a shard
 
     def __repr__(self) -> str:
         return f"FeatureSet({self.id!r}, grid={self.spec.grid}, dim={self.spec.global_dim})"
@@ -52,20 +55,24 @@ class FeatureSet:
     # -- creation ---------------------------------------------------------------------------
     @classmethod
     def create_or_open(cls, loc: Location, spec: FeatureSetSpec) -> FeatureSet:
-        """The feature set at ``loc``, created with ``spec`` unless it exists (under the lock,
-        so two creators agree on one set)."""
-        with loc.lock(layout.LOCK_FILE):
-            if loc.exists(layout.FEATURE_SET_JSON):
-                return cls.open(loc)
-            create_array(loc, spec)
-            meta = {
-                "feature_set_id": spec.feature_set_id,
-                "format_version": layout.FORMAT_VERSION,
-                "created_at": datetime.now(UTC).isoformat(),
-                "spec": spec.to_json(),
-            }
-            loc.write_json(meta, layout.FEATURE_SET_JSON)  # written last: marks the set as complete
+        """The feature set at ``loc``, created with ``spec`` unless it exists.
+
+        Every object is created only where absent, so concurrent creators (processes, machines)
+        agree on one set and none overwrites what another already wrote.
+        """
+        if loc.exists(layout.FEATURE_SET_JSON):
+            return cls.open(loc)
+        create_array(loc, spec)
+        meta = {
+            "feature_set_id": spec.feature_set_id,
+            "format_version": layout.FORMAT_VERSION,
+            "created_at": datetime.now(UTC).isoformat(),
+            "spec": spec.to_json(),
+        }
+        # Written last: marks the set as complete. A concurrent creator's record may win.
+        if loc.create_exclusive(loc.json_bytes(meta), layout.FEATURE_SET_JSON):
             return cls(loc, spec, meta)
+        return cls.open(loc)
 
     @classmethod
     def open(cls, loc: Location) -> FeatureSet:
@@ -81,6 +88,10 @@ class FeatureSet:
             self._array_rows = self._array.shape[0]
         return self._array
 
+    def array_rows(self) -> int:
+        """Rows the array has now: every claimed shard's, committed or not."""
+        return self._open_array(fresh=True).shape[0]
+
     def array_for_rows(self, rows: int) -> zarr.Array:
         """The zarr array, reopened if the cached one has fewer than ``rows`` rows; raises
         FeatureSetError when those rows were never allocated (a writer must allocate first)."""
@@ -95,15 +106,25 @@ class FeatureSet:
         return arr
 
     def allocate_shards(self, n: int = 1) -> list[int]:
-        """Reserve ``n`` fresh shard indices for this writer alone (grows the array once)."""
-        with self.loc.lock(layout.LOCK_FILE):
-            arr = self._open_array(fresh=True)
-            s = self.spec.shard_images
-            first = -(-arr.shape[0] // s)
-            with zarr.config.set(ZARR_CONFIG):
-                arr.resize(((first + n) * s, *self.spec.grid))
-            self._array = None  # reopen read-only-fresh on next use
-            return list(range(first, first + n))
+        """Claim ``n`` fresh shard indices for this writer alone and grow the array to hold them.
+
+        Each claim is an atomic create of ``claims/shard-<k>.json`` (layout, commit protocol
+        step 1): a shard another process claimed first is skipped, on every backend.
+        """
+        s = self.spec.shard_images
+        k = max(self._next_claim, -(-self._open_array(fresh=True).shape[0] // s))
+        got: list[int] = []
+        while len(got) < n:
+            if self.loc.create_exclusive(self._claim_record(), layout.CLAIMS_DIR, layout.claim_name(k)):
+                got.append(k)
+            k += 1
+        self._next_claim = k
+        grow_array(self.loc, (got[-1] + 1) * s)
+        self._array = None  # reopened with its new shape on next use
+        return got
+
+    def _claim_record(self) -> bytes:
+        return self.loc.json_bytes({"owner": self._owner, "host": HOST, "pid": os.getpid(), "claimed_at": datetime.now(UTC).isoformat()})
 
     @property
     def plain_layout(self) -> bool:
@@ -144,13 +165,15 @@ class FeatureSet:
         self.loc.write_parquet(table, layout.CLS_DIR, layout.cls_part_name(shard, uuid.uuid4().hex[:12]), dictionary_columns=["image_id"])
         self._index = None
 
-    def record_rejects(self, image_ids: Sequence[str], reasons: Sequence[str]) -> None:
-        """Remember images an extraction could not embed, with the reason."""
+    def record_rejects(self, image_ids: Sequence[str], reasons: Sequence[str], paths: Sequence[str | None] | None = None) -> None:
+        """Remember images an extraction could not embed, with the reason and (when given) the
+        path as written in the manifest."""
         if not image_ids:
             return
         now = layout.now_ms()
+        paths = [None] * len(image_ids) if paths is None else list(paths)
         table = pa.table(
-            {"image_id": list(image_ids), "reason": list(reasons), "time": [now] * len(image_ids)},
+            {"image_id": list(image_ids), "path": paths, "reason": list(reasons), "time": [now] * len(image_ids)},
             schema=layout.REJECTS_SCHEMA,
         )
         self.loc.write_parquet(table, layout.REJECTS_DIR, layout.rejects_part_name())
@@ -252,6 +275,15 @@ class FeatureSet:
     def verify(self) -> list[str]:
         """image_ids whose committed row has no grid on storage (should always be empty)."""
         return self._grids.verify()
+
+    def shared_shards(self) -> dict[int, int]:
+        """Shards committed by more than one cls part, with the count (should always be empty:
+        a shard has one owner, so two parts mean two writers wrote the same rows)."""
+        counts: dict[int, int] = {}
+        for p in self.cls_parts():
+            k = layout.shard_of_part(p)
+            counts[k] = counts.get(k, 0) + 1
+        return {k: n for k, n in sorted(counts.items()) if n > 1}
 
     # -- summaries --------------------------------------------------------------------------
     def rejects(self) -> pa.Table:

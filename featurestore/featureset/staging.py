@@ -3,7 +3,7 @@ staging buffers and temporary file its grids go through.
 
 A streamed shard (local store, direct writing, background thread) never holds its grids in
 memory: each batch is cast into one of a few small staging buffers and appended to a temporary
-file by the background thread while the caller goes on. The shard number is allocated only at
+file by the background thread while the caller goes on. The shard number is claimed only at
 commit, so the file is renamed into place then.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from featurestore import layout
 from featurestore.errors import FeatureSetError
 from featurestore.featureset.spec import FeatureSetSpec
 from featurestore.layout import ShardIndex
+from featurestore.storage import is_disk_full
 
 if TYPE_CHECKING:
     from featurestore.featureset.reader import FeatureSet
@@ -104,15 +103,20 @@ class Staging:
     def _append(self, buf: ShardBuffer, patches: torch.Tensor) -> None:
         spec = self.fs.spec
         if buf.file is None:
-            # The shard number is allocated by the commit, in the background; until then the
-            # grids go to a temporary file beside the array's metadata.
-            buf.tmp = self.fs.loc.path(layout.PATCHES_GROUP, layout.PATCHES_ARRAY, f"{uuid.uuid4().hex}.partial")
+            # The shard number is claimed by the commit, in the background; until then the
+            # grids go to a temporary file of this process (swept if the process dies).
+            buf.tmp = self.fs.loc.temp_path()
             buf.file = open(buf.tmp, "wb")  # noqa: SIM115 - closed by the commit (or its failure)
         slot = self._slots[self._next]
         self._next = (self._next + 1) % len(self._slots)
         if slot[1] is not None:
-            slot[1].result()  # that staging buffer's last append is done (re-raises its failure)
-            slot[1] = None
+            pending, slot[1] = slot[1], None
+            try:
+                pending.result()  # that staging buffer's last append is done (re-raises its failure)
+            except OSError as e:
+                if is_disk_full(e):
+                    raise self.fs.loc.full_error(buf.tmp, self.fs.spec.shard_images * self.image_bytes) from None
+                raise
         k = len(patches)
         if slot[0] is None or len(slot[0]) < k:
             slot[0] = np.empty((k, *spec.grid), dtype=spec.dtype)
@@ -137,10 +141,12 @@ class Staging:
             buf.file.write(ShardIndex.dense(n, self.fs.spec.shard_images, self.image_bytes).to_bytes())
             buf.file.close()
             os.replace(buf.tmp, final)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 buf.file.close()
             with contextlib.suppress(OSError):
                 os.unlink(buf.tmp)
+            if is_disk_full(e):
+                raise self.fs.loc.full_error(buf.tmp, n * self.image_bytes) from None
             raise
         return shard

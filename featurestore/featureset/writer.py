@@ -5,7 +5,9 @@ plain shard layout's bytes written by radstore itself (one object: the grids plu
 :class:`~featurestore.layout.ShardIndex`), or *through zarr* (any layout). Either way the cls
 part is written last and is the commit point. The writer uses only the feature set's public
 API (``loc``, ``spec``, ``id``, ``image_bytes``, ``plain_layout``, ``shard_key``, ``array_for_rows``,
-``allocate_shards``, ``committed_ids``, ``cls_schema``, ``commit_cls_part``).
+``allocate_shards``, ``committed_ids``, ``cls_schema``, ``commit_cls_part``). Shards are claimed
+when they are committed (``allocate_shards``), never ahead, so a writer that dies has claimed
+at most the shards it was committing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from featurestore.featureset.checks import NonFinite, as_tensor, check_batch, on
 from featurestore.featureset.spec import WriteResult
 from featurestore.featureset.staging import ShardBuffer, Staging
 from featurestore.layout import ShardIndex
+from featurestore.storage import is_disk_full
 
 if TYPE_CHECKING:
     from featurestore.featureset.reader import FeatureSet
@@ -103,8 +106,13 @@ def write_shard(
         index = ShardIndex.dense(n, s, fs.image_bytes).to_bytes()
         fs.loc.write_atomic([data, index], fs.shard_key(shard))
     else:
-        with zarr.config.set(ZARR_CONFIG):
-            arr[start : start + n] = patches
+        try:
+            with zarr.config.set(ZARR_CONFIG):
+                arr[start : start + n] = patches
+        except OSError as e:
+            if is_disk_full(e):
+                raise fs.loc.full_error(fs.loc.path(fs.shard_key(shard)), patches.nbytes) from None
+            raise
     fs.commit_cls_part(shard, cls_table(fs, shard, image_ids, cls, sha256, extras))
 
 
@@ -134,6 +142,7 @@ class FeatureSetWriter:
     ):
         self.fs = fs
         self.spec = fs.spec
+        fs.loc.sweep_partials()  # temporary files of writers that died (their shards were never committed)
         self.direct = resolve_direct(fs, direct)
         self._preallocated = list(shards)
         self.skip = fs.committed_ids() if skip_committed else set()

@@ -20,7 +20,11 @@ A store is one directory or one object-store prefix::
                                           derived, rebuildable: (image_id, row, shard) of every
                                           row of the cls parts it names (COMMITTED_SCHEMA)
         rejects/part-*.parquet            images an extraction could not embed (REJECTS_SCHEMA)
-        .lock                             local stores only: serialises shard allocation
+        claims/shard-<k:08d>.json         the claim of shard k: created once, atomically, by its
+                                          one writer ({"owner", "host", "pid", "claimed_at"})
+        .tmp/<host>-<pid>-<token>.partial local stores only: files being written, renamed into
+                                          place when whole (a dead writer's are swept)
+        .lock                             local stores only: serialises the array's growth
       runs/<run_id>/                      one trained head (records.RunRecord), immutable
         run.json                          the record; written last: the run exists from here on
         head.pt                           the head's state dict (torch.save)
@@ -33,8 +37,15 @@ A store is one directory or one object-store prefix::
 
 Commit protocol (why readers never see torn rows):
 
-1. A writer allocates a fresh shard index ``k`` under the feature set's lock: it grows the
-   array to ``(k + 1) * S`` rows. Rows ``k*S .. k*S+S-1`` now belong to that writer alone.
+1. A writer claims a fresh shard index ``k`` by creating ``claims/shard-<k>.json`` with an
+   atomic create-if-absent: ``O_EXCL``-style (a hard link of a whole temporary file) on local
+   disk, a conditional PUT (``If-None-Match: *``) on S3. Exactly one writer succeeds; a loser
+   tries ``k + 1``. It then grows the array to at least ``(k + 1) * S`` rows, never shrinking it:
+   under ``.lock`` locally, by a compare-and-swap of the array's ``zarr.json`` (``If-Match`` on
+   its ETag) on S3. Rows ``k*S .. k*S+S-1`` now belong to that writer alone, whichever process,
+   flow run or machine it runs in. The array grows only for shards claimed at commit time, so
+   a planner that dies grows nothing, and a writer that dies leaves at most the shards it had
+   claimed as unused rows (``radstore store gc`` reports them).
 2. It writes the shard's patch grids in one call, as one object written atomically (temp
    file + rename locally, one PUT on object stores): directly for the plain shard layout
    below, through zarr otherwise (zarr's stores write each object the same way).
@@ -80,6 +91,7 @@ from featurestore.layout.identity import (
     feature_set_id,
 )
 from featurestore.layout.paths import (
+    CLAIMS_DIR,
     CLS_DIR,
     COMMITTED_DIR,
     DIMENSION_NAMES,
@@ -94,6 +106,7 @@ from featurestore.layout.paths import (
     LOCK_FILE,
     MASK_DIMENSIONS,
     METRICS_DIR,
+    PARTIAL_SUFFIX,
     PATCHES_ARRAY,
     PATCHES_GROUP,
     PREDICTED_MASKS,
@@ -103,11 +116,15 @@ from featurestore.layout.paths import (
     RUNS_DIR,
     STORE_JSON,
     TARGET_MASKS,
+    TMP_DIR,
+    claim_name,
     cls_part_name,
     committed_index_name,
     committed_index_parts,
     new_run_id,
     part_name,
+    partial_name,
+    partial_owner,
     rejects_part_name,
     shard_of_part,
     table_file,
@@ -137,6 +154,7 @@ from featurestore.layout.schemas import (
 from featurestore.layout.shard import ShardIndex
 
 __all__ = [
+    "CLAIMS_DIR",
     "CLS_DIR",
     "CLS_RESERVED",
     "COMMITTED_DIR",
@@ -165,6 +183,7 @@ __all__ = [
     "MAX_SHARD_IMAGES",
     "METRICS_DIR",
     "METRICS_SCHEMA",
+    "PARTIAL_SUFFIX",
     "PATCHES_ARRAY",
     "PATCHES_GROUP",
     "PER_IMAGE_SCHEMA",
@@ -180,7 +199,9 @@ __all__ = [
     "ShardIndex",
     "TARGET_MASKS",
     "TARGET_SHARD_BYTES",
+    "TMP_DIR",
     "check_format_version",
+    "claim_name",
     "choose_shard_images",
     "cls_part_name",
     "cls_schema",
@@ -191,6 +212,8 @@ __all__ = [
     "new_run_id",
     "now_ms",
     "part_name",
+    "partial_name",
+    "partial_owner",
     "predictions_schema",
     "rejects_part_name",
     "shard_of_part",

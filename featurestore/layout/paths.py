@@ -24,7 +24,12 @@ PATCHES_ARRAY = "patches"
 CLS_DIR = "cls"
 REJECTS_DIR = "rejects"
 COMMITTED_DIR = "committed"
+CLAIMS_DIR = "claims"  # claims/shard-<k:08d>.json: created once, atomically, by the shard's one writer
 LOCK_FILE = ".lock"
+#: Temporary files of local writes (``<host>-<pid>-<token>.partial``), renamed into place when
+#: whole; under each location's root, so a dead writer's leftovers are found in one listing.
+TMP_DIR = ".tmp"
+PARTIAL_SUFFIX = ".partial"
 DIMENSION_NAMES = ("image", "channel", "y", "x")
 
 # runs/<run_id>/
@@ -60,6 +65,27 @@ def rejects_part_name() -> str:
 def cls_part_name(shard: int, token: str) -> str:
     """The cls part that commits ``shard`` (``token`` keeps two writers' parts apart)."""
     return f"shard-{shard:08d}-{token}.parquet"
+
+
+def claim_name(shard: int) -> str:
+    """The claim object of ``shard``: whoever creates it owns the shard's rows."""
+    return f"shard-{shard:08d}.json"
+
+
+def partial_name(host: str, pid: int) -> str:
+    """A temporary file's name: the writer's host and pid tell a sweeper whether it is still alive."""
+    return f"{host}-{pid}-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+
+
+def partial_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a temporary file named by :func:`partial_name`; None for any other name."""
+    base = name.rsplit("/", 1)[-1]
+    if not base.endswith(PARTIAL_SUFFIX):
+        return None
+    parts = base[: -len(PARTIAL_SUFFIX)].rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
 
 
 def shard_of_part(name: str) -> int:

@@ -37,7 +37,9 @@ IMAGES_DICTIONARY_COLUMNS = ["format", "photometric", "split"]
 
 INGEST_ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("run_at", UTC_MS)])
 
-REJECTS_SCHEMA = pa.schema([("image_id", pa.string()), ("reason", pa.string()), ("time", UTC_MS)])
+#: ``path`` (the path as written in the manifest; null when it had none) was added later: parts
+#: written without it read with a null path (read_parquet(..., schema=REJECTS_SCHEMA)).
+REJECTS_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("time", UTC_MS)])
 
 #: + schema metadata ``radstore.parts``: the file names of the cls parts it holds, one a line
 COMMITTED_SCHEMA = pa.schema([("image_id", pa.string()), ("row", pa.int64()), ("shard", pa.int64())])

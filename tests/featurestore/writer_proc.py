@@ -17,7 +17,7 @@ import time
 
 from featurestore.featureset import FeatureSet, FeatureSetSpec
 from featurestore.store import Store
-from tests.conftest import batch_for
+from tests.oracle import batch_for
 
 
 def main() -> None:

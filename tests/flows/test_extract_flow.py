@@ -114,7 +114,7 @@ def test_cli_on_the_ephemeral_api(cohort, tmp_path):
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 1, r.stderr[-3000:]
-    assert f"ERROR image_id={bad['image_id']}: file is empty" in r.stderr
+    assert f"ERROR image_id={bad['image_id']} path={bad['path']}: file is empty" in r.stderr
     fid = r.stdout.strip().splitlines()[-1]
     assert fid.startswith("biomedclip-")
     assert len(Store.open(str(tmp_path / "s")).feature_set(fid)) == COHORT.n - 1
