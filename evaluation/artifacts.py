@@ -31,6 +31,7 @@ import pyarrow as pa
 from evaluation import metrics as M
 from evaluation.compute import RunData, compute
 from evaluation.config import EvalConfig
+from evaluation.controls import check_controls
 from featurestore import __version__
 from featurestore.errors import RadstoreError
 from featurestore.layout import EVAL_TABLES, now_ms
@@ -151,6 +152,7 @@ def evaluate(
         return Evaluation(eval_id, evaluation_path(store, eval_id), False, read_evaluation_record(store, eval_id))
     created = now_ms()
     rows = compute(runs, cfg, eval_id, created)
+    controls = check_controls(store, runs, rows["metrics"], cfg)
     tables = {name: pa.Table.from_pylist(rows[name], schema=schema) for name, schema in TABLES.items()}
     fs_meta = {}
     known = set(store.feature_set_ids())
@@ -187,6 +189,7 @@ def evaluate(
         ],
         feature_sets=fs_meta,
         counts={name: len(v) for name, v in rows.items()},
+        controls=[c.to_json() for c in controls],
     )
     return Evaluation(eval_id, write_evaluation(store, rec, tables), True, rec)
 

@@ -30,6 +30,7 @@ from featurestore.featureset import FeatureSet
 from featurestore.imageio import read_bytes, read_image, sha256_of
 from featurestore.manifest import Manifest, changed_bytes_reason, check_rows, load_manifest, read_failure_reason
 from featurestore.store import Store
+from featurestore.tasks import TASKS
 
 #: (image_id, path as written in the manifest or None, reason) of a row that was not embedded
 Rejected = tuple[str, str | None, str]
@@ -126,9 +127,10 @@ class _Images(Dataset):
     a row that cannot be read, decoded or preprocessed, or whose bytes differ from the indexed
     sha256, comes back with its error instead."""
 
-    def __init__(self, rows: list[tuple[str, str, str, str | None, str | None]], preprocess):
+    def __init__(self, rows: list[tuple[str, str, str, str | None, str | None]], encoder: Encoder, extra: dict[str, dict] | None = None):
         self.rows = rows
-        self.preprocess = preprocess
+        self.encoder = encoder
+        self.extra = extra or {}  # image_id -> the encoder's manifest columns
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -142,7 +144,8 @@ class _Images(Dataset):
                 out["error"] = changed_bytes_reason(indexed, sha, "not embedded: the image index holds the earlier version")
                 return out
             img = read_image(uri, data=data, format=fmt)
-            out.update(x=self.preprocess(img.pixels), sha256=img.meta.sha256)
+            row = {"image_id": image_id, **self.extra.get(image_id, {})}
+            out.update(x=self.encoder.input_for(img.pixels, row), sha256=img.meta.sha256)
         except Exception as e:  # noqa: BLE001 - a failure of one image must not stop the rest
             out["error"] = read_failure_reason(e)
         return out
@@ -156,6 +159,18 @@ def _collate(items: list[dict]) -> dict:
         "sha256": [it["sha256"] for it in ok],
         "failed": [(it["image_id"], it["path"], it["error"]) for it in items if it["error"] is not None],
     }
+
+
+def _extra_columns(enc: Encoder, manifest: Manifest, rows: dict[str, dict], ids: list[str]) -> dict[str, dict]:
+    """image_id -> the encoder's manifest columns, mask paths resolved (empty for image encoders)."""
+    if not enc.manifest_columns:
+        return {}
+    masks = {t.column for t in TASKS.values() if t.spec.dense}
+    out = {}
+    for i in ids:
+        r = {c: rows[i].get(c) for c in enc.manifest_columns}
+        out[i] = {c: (manifest.resolve(v) if c in masks and isinstance(v, str) and v.strip() else v) for c, v in r.items()}
+    return out
 
 
 def _rejected(errors) -> list[Rejected]:
@@ -219,7 +234,7 @@ def extract_group(
     enc = encoder_for(cfg)
     fs = feature_set_for(store, cfg)
     valid, errors = check_rows(manifest, action="embedded")
-    cols = [c for c in ("image_id", "path", "format") if c in manifest.table.column_names]
+    cols = [c for c in ("image_id", "path", "format", *enc.manifest_columns) if c in manifest.table.column_names]
     table = manifest.table.select(cols).take(valid)
     if image_ids is not None:
         table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(image_ids, pa.string())))
@@ -244,7 +259,7 @@ def extract_group(
         indexed = indexed_sha256(store, todo)
         items = [(i, rows[i]["path"], manifest.resolve(rows[i]["path"]), rows[i].get("format"), indexed.get(i)) for i in todo]
         loader = DataLoader(
-            _Images(items, enc.preprocessing),
+            _Images(items, enc, _extra_columns(enc, manifest, rows, todo)),
             batch_size=cfg.batch_size,
             num_workers=cfg.num_workers if len(items) > cfg.batch_size else 0,
             collate_fn=_collate,

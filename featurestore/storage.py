@@ -39,22 +39,36 @@ HOST = socket.gethostname().replace("-", "_").replace("/", "_") or "host"
 FOREIGN_PARTIAL_AGE_S = 24 * 3600
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (a reused pid counts as alive: the safe side)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _error_code(e: BaseException) -> str | None:
+    cause = e.__cause__ or e.__context__
+    return getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
 
 
 def _precondition_failed(e: BaseException) -> bool:
     """Whether an object-store error is a failed If-Match / If-None-Match (HTTP 412)."""
-    cause = e.__cause__ or e.__context__
-    code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
-    return code in ("PreconditionFailed", "412") or "pre-condition" in str(e).lower() or "precondition" in str(e).lower()
+    return _error_code(e) in ("PreconditionFailed", "412") or "pre-condition" in str(e).lower() or "precondition" in str(e).lower()
+
+
+def _conflict(e: BaseException) -> bool:
+    """Whether S3 refused a conditional write because another one on the key was in flight (HTTP
+    409): the same request may succeed when tried again."""
+    return _error_code(e) in ("ConditionalRequestConflict", "409") or "conditionalrequestconflict" in str(e).lower()
+
+
+#: Tries of a conditional write that S3 answers with 409 (a concurrent one in flight).
+CONFLICT_RETRIES = 20
+#: A temporary file younger than this is never swept: its writer may not hold its lock yet
+#: (the lock is taken right after the file is created).
+PARTIAL_GRACE_S = 2.0
+
+
+def hold(f: Any) -> None:
+    """Mark an open temporary file as in use by this process (a shared ``flock`` held until it is
+    closed): :meth:`Location.sweep_partials` removes only files nobody holds, whatever pid
+    namespace or host name the writer had."""
+    import fcntl
+
+    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
 
 
 def is_disk_full(e: BaseException) -> bool:
@@ -120,12 +134,14 @@ class Location:
         bufs = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            tmp = self.temp_path()
+            tmp = ""
             try:
+                tmp = self.temp_path()
                 with open(tmp, "wb") as f:
+                    hold(f)
                     for b in bufs:
                         f.write(b)
-                os.replace(tmp, final)
+                    os.replace(tmp, final)  # while held: a sweeper never takes a file being renamed
             except BaseException as e:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -164,12 +180,14 @@ class Location:
         """
         final = self.path(*parts)
         if self.is_local:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            tmp = self.temp_path()
+            tmp = ""
             try:
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                tmp = self.temp_path()
                 with open(tmp, "wb") as f:
+                    hold(f)
                     f.write(data)
-                os.link(tmp, final)
+                    os.link(tmp, final)
                 return True
             except FileExistsError:
                 return False
@@ -178,17 +196,22 @@ class Location:
                     raise self.full_error(final, len(data)) from None
                 raise
             finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-        try:
-            self.fs.pipe_file(final, data, mode="create")
-            return True
-        except FileExistsError:
-            return False
-        except OSError as e:
-            if _precondition_failed(e):
+                if tmp:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+        for k in range(CONFLICT_RETRIES):
+            try:
+                self.fs.pipe_file(final, data, mode="create")
+                return True
+            except FileExistsError:
                 return False
-            raise
+            except OSError as e:
+                if _precondition_failed(e):
+                    return False
+                if not _conflict(e) or k == CONFLICT_RETRIES - 1:
+                    raise
+                time.sleep(min(1.0, 0.02 * (k + 1)))
+        return False  # not reached
 
     def compare_and_swap(self, update: Callable[[bytes], bytes | None], *parts: str, attempts: int = 200) -> bytes:
         """Replace an existing object by ``update(current)`` unless it returns None; returns the
@@ -217,7 +240,7 @@ class Location:
                     self.fs.pipe_file(path, new)  # no conditional PUT known for this backend
                 return new
             except OSError as e:
-                if not _precondition_failed(e):
+                if not (_precondition_failed(e) or _conflict(e)):
                     raise
                 time.sleep(min(0.5, 0.005 * (k + 1)))  # someone else changed it: read again
         raise OSError(f"{path}: gave up after {attempts} concurrent updates")
@@ -225,16 +248,18 @@ class Location:
     def sweep_partials(self, older_than_s: float | None = None) -> list[tuple[str, int]]:
         """Remove temporary files of writers that are gone; returns (path, bytes) of each removed.
 
-        A file of this host is removed when its process no longer exists; one of another host
-        (or with a name radstore did not give it) when it has not changed for ``older_than_s``
-        seconds (default FOREIGN_PARTIAL_AGE_S). Only this root's ``.tmp`` directory is looked
-        at: cheap enough for every new writer. Object stores have no temporary files.
+        Only ``*.partial`` files older than PARTIAL_GRACE_S that no process holds (:func:`hold`)
+        are candidates. One named for this host is removed then; one of another host (or with a
+        name radstore did not give it) only once it has not changed for ``older_than_s`` seconds
+        (default FOREIGN_PARTIAL_AGE_S), since a lock may not reach across machines. Only this
+        root's ``.tmp`` directory is looked at: cheap enough for every new writer. Object stores
+        have no temporary files.
         """
         if not self.is_local:
             return []
         d = self.path(names.TMP_DIR)
         try:
-            entries = [f"{d}/{n}" for n in os.listdir(d)]
+            entries = [f"{d}/{n}" for n in os.listdir(d) if n.endswith(names.PARTIAL_SUFFIX)]
         except FileNotFoundError:
             return []
         return [(p, n) for p in entries if (n := self._remove_if_dead(p, older_than_s)) is not None]
@@ -255,21 +280,27 @@ class Location:
 
     @staticmethod
     def _remove_if_dead(path: str, older_than_s: float | None) -> int | None:
+        import fcntl
+
         owner = names.partial_owner(path)
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return None
-        if owner is not None and owner[0] == HOST:
-            dead = not pid_alive(owner[1])
-        else:
-            dead = time.time() - st.st_mtime > (FOREIGN_PARTIAL_AGE_S if older_than_s is None else older_than_s)
-        if not dead:
+        age = time.time() - st.st_mtime
+        foreign_age = FOREIGN_PARTIAL_AGE_S if older_than_s is None else older_than_s
+        if age < min(PARTIAL_GRACE_S, foreign_age) or ((owner is None or owner[0] != HOST) and age < foreign_age):
             return None
-        with contextlib.suppress(OSError):  # gone meanwhile, or a store this process may not change
-            os.unlink(path)
-            return st.st_size
-        return None
+        try:
+            with open(path, "rb") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return None  # its writer is alive (in whatever pid namespace)
+                os.unlink(path)  # under the lock: nobody can take it up meanwhile
+                return st.st_size
+        except OSError:  # gone meanwhile, or a store this process may not change
+            return None
 
     def read_tail(self, nbytes: int, *parts: str) -> bytes:
         """The last ``nbytes`` of an object (FileNotFoundError if it does not exist)."""

@@ -34,8 +34,6 @@ class Store:
         nothing. Raises RadstoreError for a missing store, a foreign or newer format, or a non-empty
         local directory that is not a store."""
         loc = Location(url, storage_options)
-        if create:
-            loc.sweep_partials()  # temporary files of writers that died
         if not loc.exists(layout.STORE_JSON):
             if not create:
                 raise RadstoreError(
@@ -58,6 +56,8 @@ class Store:
         if meta.get("format") != layout.FORMAT_NAME:
             raise RadstoreError(f"{url}/{layout.STORE_JSON} is not a radstore store record (format={meta.get('format')!r})")
         layout.check_format_version(meta.get("format_version"), f"store {url}")
+        if create:
+            loc.sweep_partials()  # temporary files of writers that died
         return cls(loc, meta)
 
     # -- images -----------------------------------------------------------------------------

@@ -256,7 +256,8 @@ def _eval_config(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``radstore evaluate``: evaluate the runs, print the results table and the evaluation id; exits 0."""
+    """``radstore evaluate``: evaluate the runs, print the results table, the positive control's checks
+    and the evaluation id; exits 1 if a positive-control metric missed its expected value."""
     from evaluation.artifacts import EvalConfig, read_evaluation, results_table, select_runs
     from featurestore.store import Store
 
@@ -269,8 +270,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _, tables = read_evaluation(store, out["eval_id"])
     print_rows(results_table(tables["metrics"], primary_only=not args.all_metrics))
     print("new version" if out["created"] else "these inputs were evaluated before: existing version, unchanged", file=sys.stderr)
+    bad = _print_controls(out["controls"])
     print(out["eval_id"])
-    return EXIT_OK
+    return EXIT_PARTIAL if bad else EXIT_OK
+
+
+def _print_controls(controls: list[dict]) -> int:
+    """Print the positive control's checks (stderr); returns how many missed."""
+    from evaluation.controls import ControlCheck, missed
+
+    for c in controls:
+        print(ControlCheck(**c).line(), file=sys.stderr)
+    bad = missed(controls)
+    if bad:
+        print(f"{len(bad)} positive-control metric(s) missed their expected value: the pipeline lost (or leaked) signal", file=sys.stderr)
+    return len(bad)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -306,7 +320,7 @@ def _study_config(args: argparse.Namespace):
 
 def cmd_study(args: argparse.Namespace) -> int:
     """``radstore study``: run the whole study, print its results and what each stage did; exits 1 if
-    any image failed to extract."""
+    any image failed to extract or a positive-control metric missed its expected value."""
     from evaluation.artifacts import read_evaluation, results_table
     from featurestore.encoders import get_encoder
     from featurestore.store import Store
@@ -327,8 +341,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(f"evaluation: {out['eval_id']} ({'new version' if out['new_eval'] else 'inputs unchanged: existing version'})")
     if out["report"]:
         print(f"report: {out['report']}")
+    bad = _print_controls(out.get("controls", []))
     failed = sum(e["failed"] for e in out["extracted"].values())
-    return EXIT_PARTIAL if failed else EXIT_OK
+    return EXIT_PARTIAL if failed or bad else EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -44,6 +44,10 @@ class StudyConfig:
     # What an encoder whose weights are not found locally gets: random:tiny (printed loudly; a
     # test of the plumbing, not of the model), random (the real-size architecture), or error.
     missing_weights: str = "random:tiny"
+    # Add the positive control (encoder `planted`, features made from the labels with a known
+    # signal) when the encoder list lacks it: every study then shows that its machinery
+    # recovers what it was given (evaluation.controls). False leaves the list as written.
+    positive_control: bool = True
     tasks: tuple[str, ...] = field(default_factory=lambda: _default_tasks())  # every task of featurestore.tasks
     heads: tuple[str, ...] = field(default_factory=lambda: _default_heads())  # each trained where its task kind takes it
     folds: tuple[int, ...] | None = None  # None: the manifest's split; e.g. [0,1,2,3,4] for 5-fold CV by patient
@@ -59,10 +63,14 @@ class StudyConfig:
     def __post_init__(self) -> None:
         from evaluation.artifacts import EvalConfig
         from featurestore.encoders import get_encoder
+        from featurestore.encoders.registry import ENCODERS
         from featurestore.tasks import all_heads, get_task
         from heads.train import TrainConfig
 
-        object.__setattr__(self, "encoders", tuple(e if isinstance(e, EncoderEntry) else _entry(e) for e in self.encoders))
+        encoders = tuple(e if isinstance(e, EncoderEntry) else _entry(e) for e in self.encoders)
+        if self.positive_control and not any(ENCODERS[e.name].control == "positive" for e in encoders if e.name in ENCODERS):
+            encoders += tuple(EncoderEntry(n) for n, info in ENCODERS.items() if info.control == "positive")
+        object.__setattr__(self, "encoders", encoders)
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "heads", tuple(self.heads))
         if self.folds is not None:

@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from evaluation.artifacts import EvalConfig, evaluate, read_evaluation, results_table
+from evaluation.controls import ControlCheck, markdown, missed
 from featurestore.store import Store
 from flows import prefect_env  # noqa: F401
 
@@ -55,7 +56,8 @@ def evaluate_flow(
     store: str, run_ids: list[str] | None = None, config: dict[str, Any] | None = None, storage_options: dict[str, Any] | None = None
 ) -> dict:
     """Evaluate runs (default: the latest of each task x head x fold x feature set); returns
-    ``{"eval_id", "path", "created"}``."""
+    ``{"eval_id", "path", "created", "config", "controls", "controls_missed"}``. A positive-control
+    metric that misses its expected value is a warning and an artifact (``evaluation-positive-control``)."""
     cfg = EvalConfig(**(config or {}))
     out = evaluate_task(store, run_ids, cfg, storage_options)
     meta, tables = read_evaluation(Store.open(store, storage_options=storage_options), out["eval_id"])
@@ -66,10 +68,13 @@ def evaluate_flow(
         key=f"{ARTIFACT_KEY}-summary",
         description=f"evaluation {out['eval_id']}",
     )
-    get_run_logger().info(
-        "evaluation %s (%s) at %s", out["eval_id"], "new" if out["created"] else "unchanged inputs: existing version", out["path"]
-    )
-    return {**out, "config": asdict(cfg)}
+    log = get_run_logger()
+    log.info("evaluation %s (%s) at %s", out["eval_id"], "new" if out["created"] else "unchanged inputs: existing version", out["path"])
+    if meta.controls:
+        create_markdown_artifact(markdown(meta.controls), key=f"{ARTIFACT_KEY}-positive-control", description="positive control checks")
+        for c in missed(meta.controls):
+            log.warning("%s: the pipeline lost (or leaked) signal it was given", ControlCheck(**c).line())
+    return {**out, "config": asdict(cfg), "controls": list(meta.controls), "controls_missed": len(missed(meta.controls))}
 
 
 __all__ = ["ARTIFACT_KEY", "evaluate_flow", "markdown_summary"]

@@ -198,6 +198,7 @@ def study(config: dict[str, Any] | None = None, config_file: str | None = None) 
         "eval_id": ev["eval_id"],
         "eval_path": ev["path"],
         "new_eval": ev["created"],
+        "controls": ev.get("controls", []),
         "report": report,
     }
 

@@ -88,7 +88,7 @@ class LinearSegProbe(nn.Module):
         return F.interpolate(logits, size=(self.target_size, self.target_size), mode="bilinear", align_corners=False)[:, 0]
 
 
-@register_head("linear")
+@register_head("linear", linear_readout=True)
 def build_linear(kind: TaskKind, cfg: Any, channels: int, global_dim: int, outputs: int,
                  y_scale: tuple[float, float] | None = None) -> nn.Module:  # fmt: skip
     """The study's linear probe: a linear layer on the global vector, or a 1x1 convolution on

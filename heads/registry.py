@@ -26,16 +26,19 @@ class HeadEntry:
     name: str
     build: Callable[..., Any]  # (kind, cfg, channels, global_dim, outputs, y_scale) -> nn.Module
     reads_global: bool  # a mask head that also reads the global vector (cross-attention)
+    #: A linear read-out of the embedding (the probes): what the positive control's expected
+    #: values describe, so only these heads are held to them (evaluation.controls).
+    linear_readout: bool = False
 
 
 HEADS: dict[str, HeadEntry] = {}
 
 
-def register_head(name: str, reads_global: bool = False):
+def register_head(name: str, reads_global: bool = False, linear_readout: bool = False):
     """Decorator registering a head builder under ``name``."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        HEADS[name] = HeadEntry(name, fn, reads_global)
+        HEADS[name] = HeadEntry(name, fn, reads_global, linear_readout)
         return fn
 
     return deco

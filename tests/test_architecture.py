@@ -77,7 +77,7 @@ def test_task_kind_names_live_in_the_kind_and_objective_tables():
 def test_encoder_names_live_in_their_adapters():
     from featurestore.encoders import ENCODERS
 
-    adapters = {ROOT / "featurestore" / "encoders" / f for f in ("dinov2.py", "siglip.py", "openclip.py", "pixels.py")}
+    adapters = {ROOT / "featurestore" / "encoders" / f for f in ("dinov2.py", "siglip.py", "openclip.py", "pixels.py", "planted.py")}
     bad = [(p.relative_to(ROOT), s) for pkg in ("featurestore", "heads", "evaluation", "flows") for p in _modules(pkg)
            if p not in adapters for s in _code_strings(p) if s in ENCODERS]  # fmt: skip
     assert not bad, bad

@@ -101,7 +101,9 @@ def fold_key(fold: Any) -> int:
 def label(encoder: str, head: str | None = None, fold: Any = None) -> str:
     """The name of a series in axis labels and titles, "encoder / head / fold k", leaving out the
     parts not given."""
-    return " / ".join(x for x in (encoder, head, fold_text(fold)) if x)
+    from featurestore.encoders.registry import display_name
+
+    return " / ".join(x for x in (display_name(encoder) if encoder else encoder, head, fold_text(fold)) if x)
 
 
 def slug(*parts: Any) -> str:

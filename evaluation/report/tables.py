@@ -21,6 +21,7 @@ from evaluation.report.common import (
     fold_text,
     higher_is_better,
     kind_metrics,
+    label,
     metric_display,
     task_order,
     undefined_comparison,
@@ -82,7 +83,7 @@ def results_table(rows: list[dict]) -> Table:
     )
     body = []
     for enc, head in lines:
-        row = [Cell(enc), Cell(head)]
+        row = [Cell(label(enc)), Cell(head)]
         for t, f in cols:
             r = cell.get((enc, head, t, f))
             data = (("encoder", enc), ("head", head), ("task", t), ("fold", "" if f is None else f))
@@ -117,7 +118,7 @@ def all_metrics_table(metrics: list[dict], tasks: list[str]) -> Table:
                 Cell(m["task"]),
                 Cell(m["head"]),
                 Cell(fold_text(m["fold"]) or "held-out"),
-                Cell(m["encoder"]),
+                Cell(label(m["encoder"])),
                 Cell(metric_display(m["metric"]) + (" (primary)" if m["primary"] else "")),
                 _num(fmt(m["value"]), ok),
                 _num(f"[{fmt(m['ci_low'])}, {fmt(m['ci_high'])}]" if m.get("status") != "insufficient" else "insufficient", ok),

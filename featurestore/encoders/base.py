@@ -35,6 +35,14 @@ class Encoder(ABC):
     extra_globals: dict[str, int] = {}
     device: torch.device = torch.device("cpu")
     module: torch.nn.Module | None = None  # the weights; None for weight-free controls
+    #: Manifest columns :meth:`input_for` reads besides the pixels (a mask column's paths arrive
+    #: resolved); empty for every encoder of images.
+    manifest_columns: tuple[str, ...] = ()
+
+    def input_for(self, pixels: Any, row: dict[str, Any]) -> torch.Tensor:
+        """One image's input to :meth:`embed`: its pixels preprocessed. ``row`` holds the image_id
+        and the :attr:`manifest_columns` (the positive control builds its input from them)."""
+        return self.preprocessing(pixels)
 
     @abstractmethod
     def embed(self, batch: torch.Tensor) -> EmbedOutput:

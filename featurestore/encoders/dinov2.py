@@ -97,6 +97,7 @@ class Dinov2Encoder(Encoder):
     "random-vit",
     default_weights="random",
     order=4,
+    control="negative",
     summary=("control: `Dinov2Model` ViT-B/14 at 518, random weights (seeded from the name and seed 0) | as rad-dino | 768 | 37x37x768"),
 )
 def load(name: str, source: WeightsSource, size: int | None = None, bits: int | None = None) -> Dinov2Encoder:

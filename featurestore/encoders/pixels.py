@@ -51,6 +51,7 @@ class PixelsEncoder(Encoder):
 @register(
     "pixels",
     needs_weights=False,
+    control="negative",
     order=3,
     summary=(
         "control, no weights | "

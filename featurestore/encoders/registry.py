@@ -30,6 +30,7 @@ class EncoderInfo:
     default_weights: str | None = None  # used when none are given (random-vit: "random")
     order: int = 100  # position in the study's default grid and in listings
     summary: str = ""  # "model | input | global embedding | patch grid", for the README table
+    control: str | None = None  # "negative" (no model: pixels, random-vit), "positive" (planted), None
 
     def describe(self) -> dict[str, Any]:
         """The encoder's ``summary`` split into the README table's columns (model, input, global, patches)."""
@@ -39,14 +40,30 @@ class EncoderInfo:
 
 
 ENCODERS: dict[str, EncoderInfo] = {}
+CONTROLS = (None, "negative", "positive")
+
+
+def control_of(name: str) -> str | None:
+    """ "negative", "positive" or None for an encoder name (None too for a name not registered)."""
+    info = ENCODERS.get(name)
+    return info.control if info is not None else None
+
+
+def display_name(name: str) -> str:
+    """How tables, figures and logs name an encoder: a control says it is one."""
+    control = control_of(name)
+    return f"{name} ({control} control)" if control else name
 
 
 def register(name: str, *, hub_repo: str | None = None, needs_weights: bool = True, default_weights: str | None = None,
-             order: int = 100, summary: str = ""):  # fmt: skip
-    """Decorator registering ``load(name, source, size, bits) -> Encoder`` as encoder ``name``."""
+             order: int = 100, summary: str = "", control: str | None = None):  # fmt: skip
+    """Decorator registering ``load(name, source, size, bits) -> Encoder`` as encoder ``name``;
+    ``control`` marks a control ("negative" or "positive"), named so wherever it appears."""
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
 
     def deco(load: Callable[..., Encoder]) -> Callable[..., Encoder]:
-        ENCODERS[name] = EncoderInfo(name, load, hub_repo, needs_weights, default_weights, order, summary)
+        ENCODERS[name] = EncoderInfo(name, load, hub_repo, needs_weights, default_weights, order, summary, control)
         _sort()
         return load
 

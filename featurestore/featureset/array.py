@@ -70,6 +70,18 @@ def grow_array(loc: Location, rows: int) -> None:
     loc.compare_and_swap(update, layout.PATCHES_GROUP, layout.PATCHES_ARRAY, ZARR_JSON)
 
 
+def storage_of(arr: zarr.Array, spec: FeatureSetSpec) -> FeatureSetSpec:
+    """``spec`` with the storage fields (shard size, sharding, codec) the array really has: the
+    array decides, since its shards are what writers fill. Only fields the array contradicts
+    change (an unsharded array does not record its commit group size)."""
+    codec = "none" if not arr.compressors else "zstd"
+    if arr.shards is not None:
+        return dataclasses.replace(spec, shard_images=int(arr.shards[0]), sharded=True, codec=codec)
+    if spec.sharded and spec.shard_images > 1:
+        return dataclasses.replace(spec, sharded=False, codec=codec)
+    return dataclasses.replace(spec, codec=codec)
+
+
 def open_array(loc: Location) -> zarr.Array:
     """The ``patches`` array as it is on storage now (its shape grows as shards are allocated)."""
     with zarr.config.set(ZARR_CONFIG):

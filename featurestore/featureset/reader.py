@@ -22,7 +22,7 @@ from featurestore import layout
 from featurestore.errors import FeatureSetError
 from featurestore.featureset import committed
 from featurestore.featureset import writer as writing
-from featurestore.featureset.array import create_array, grow_array, open_array, shard_object_key
+from featurestore.featureset.array import create_array, grow_array, open_array, shard_object_key, storage_of
 from featurestore.featureset.grids import GridReader
 from featurestore.featureset.spec import FeatureSetSpec
 from featurestore.layout import ShardIndex
@@ -63,6 +63,9 @@ class FeatureSet:
         if loc.exists(layout.FEATURE_SET_JSON):
             return cls.open(loc)
         create_array(loc, spec)
+        # Another creator may have made the array with other storage settings (shard size and
+        # codec are not part of the id): the array's own settings are the ones that hold.
+        spec = storage_of(open_array(loc), spec)
         meta = {
             "feature_set_id": spec.feature_set_id,
             "format_version": layout.FORMAT_VERSION,
@@ -79,7 +82,13 @@ class FeatureSet:
         """An existing feature set; refuses a format version this code does not know."""
         meta = loc.read_json(layout.FEATURE_SET_JSON)
         layout.check_format_version(meta.get("format_version"), f"feature set {loc.url}")
-        return cls(loc, FeatureSetSpec.from_json(meta["spec"]), meta)
+        fs = cls(loc, FeatureSetSpec.from_json(meta["spec"]), meta)
+        if storage_of(fs._open_array(), fs.spec) != fs.spec:
+            raise FeatureSetError(
+                f"feature set {fs.id}: {layout.FEATURE_SET_JSON} says shards of {fs.spec.shard_images} image(s), codec "
+                f"{fs.spec.codec}, but its array is stored otherwise; the set was damaged by mixed writers: re-extract it"
+            )
+        return fs
 
     # -- the array and its shards -----------------------------------------------------------
     def _open_array(self, fresh: bool = False) -> zarr.Array:

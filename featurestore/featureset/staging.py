@@ -21,7 +21,7 @@ import torch
 from featurestore.errors import FeatureSetError
 from featurestore.featureset.spec import FeatureSetSpec
 from featurestore.layout import ShardIndex
-from featurestore.storage import is_disk_full
+from featurestore.storage import hold, is_disk_full
 
 if TYPE_CHECKING:
     from featurestore.featureset.reader import FeatureSet
@@ -107,6 +107,7 @@ class Staging:
             # grids go to a temporary file of this process (swept if the process dies).
             buf.tmp = self.fs.loc.temp_path()
             buf.file = open(buf.tmp, "wb")  # noqa: SIM115 - closed by the commit (or its failure)
+            hold(buf.file)
         slot = self._slots[self._next]
         self._next = (self._next + 1) % len(self._slots)
         if slot[1] is not None:
@@ -131,16 +132,17 @@ class Staging:
         removed and nothing of the shard is visible."""
         n = buf.n
         try:
-            shard = allocate()
-            final = self.fs.loc.path(self.fs.shard_key(shard))
-            os.makedirs(os.path.dirname(final), exist_ok=True)
             for f in buf.appends:
                 f.result()  # already run (same thread, queued earlier); re-raise a failed append
             if buf.file.tell() != n * self.image_bytes:
                 raise FeatureSetError(f"a shard of {self.fs.id}: {buf.file.tell()} grid bytes written, expected {n * self.image_bytes}")
             buf.file.write(ShardIndex.dense(n, self.fs.spec.shard_images, self.image_bytes).to_bytes())
+            buf.file.flush()
+            shard = allocate()  # claimed only once the shard is whole: a failed write claims nothing
+            final = self.fs.loc.path(self.fs.shard_key(shard))
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(buf.tmp, final)  # while held (see storage.hold)
             buf.file.close()
-            os.replace(buf.tmp, final)
         except BaseException as e:
             with contextlib.suppress(OSError):
                 buf.file.close()

@@ -215,6 +215,9 @@ class EvaluationRecord(_JsonRecord):
     store_format_version: int | None = None
     feature_sets: dict[str, dict] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    #: The positive control's checks (evaluation.controls.ControlCheck as json), one per checked
+    #: metric of each ``planted`` run: value, interval, expected value, status.
+    controls: list[dict] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     _REQUIRED: ClassVar[tuple[str, ...]] = ("eval_id", "created_at", "config", "runs")

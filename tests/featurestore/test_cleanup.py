@@ -99,18 +99,27 @@ def test_gc_removes_dead_temporary_files_and_reports_unused_rows(tmp_path, tiny_
     (claimed,) = fs.allocate_shards(1)  # claimed, never committed
     tmp = Path(fs.loc.path(layout.TMP_DIR))
     tmp.mkdir(exist_ok=True)
-    dead = tmp / f"{storage.HOST}-{_dead_pid()}-aa.partial"
-    alive = tmp / f"{storage.HOST}-{os.getpid()}-bb.partial"
+    dead = tmp / f"{storage.HOST}-{_dead_pid()}-aa.partial"  # its writer is gone: nobody holds it
+    # Held by a live writer (here: this test) whose pid this process cannot see, as from another
+    # pid namespace (a container with the same host name): the lock, not the pid, says alive.
+    alive = tmp / f"{storage.HOST}-{_dead_pid()}-bb.partial"
     foreign_old = tmp / "otherhost-123-cc.partial"
     foreign_new = tmp / "otherhost-124-dd.partial"
     legacy = Path(fs.loc.path(layout.CLS_DIR)) / "shard-00000009-x.parquet.0123abcd.partial"  # an older version's name
-    for p in (dead, alive, foreign_old, foreign_new, legacy):
+    not_ours = tmp / "notes.txt"  # not a temporary file of radstore's: never touched
+    for p in (dead, alive, foreign_old, foreign_new, legacy, not_ours):
         p.write_bytes(b"x" * 1000)
-    old = time.time() - 2 * 86400
-    for p in (foreign_old, legacy):
-        os.utime(p, (old, old))
-    assert main(["store", "gc", url]) == 0
+    minute, days = time.time() - 60, time.time() - 2 * 86400
+    for p, t in ((dead, minute), (alive, minute), (foreign_new, minute), (foreign_old, days), (legacy, days), (not_ours, days)):
+        os.utime(p, (t, t))
+    held = open(alive, "rb")  # noqa: SIM115
+    storage.hold(held)
+    try:
+        assert main(["store", "gc", url]) == 0
+    finally:
+        held.close()
     out = capsys.readouterr().out
+    assert not_ours.exists()
     assert not dead.exists() and not foreign_old.exists() and not legacy.exists()
     assert alive.exists() and foreign_new.exists()  # a live writer's and a recent foreign one stay
     line = next(ln for ln in out.splitlines() if ln.startswith(tiny_spec.feature_set_id))
@@ -214,3 +223,25 @@ def test_verify_flags_a_shard_committed_twice(tmp_path, tiny_spec, capsys):
     assert main(["store", "verify", url]) == 1
     out = capsys.readouterr().out
     assert "1 shard(s) committed more than once (shard 0 by 2 parts)" in out
+
+
+def test_two_creators_with_other_shard_sizes_agree_on_the_array(tmp_path, tiny_spec):
+    """Shard size is not part of a feature set's id: when two creators race with different ones,
+    the array's decides, and a record contradicting its array is refused."""
+    import dataclasses
+
+    from featurestore.featureset.array import create_array
+    from featurestore.featureset.reader import FeatureSet
+
+    store = Store.open(str(tmp_path / "store"), create=True)
+    loc = store.loc.child(layout.FEATURES_DIR, tiny_spec.feature_set_id)
+    create_array(loc, dataclasses.replace(tiny_spec, shard_images=8))  # the first creator, then it stalls
+    fs = FeatureSet.create_or_open(loc, dataclasses.replace(tiny_spec, shard_images=4))
+    assert fs.spec.shard_images == 8 and fs.plain_layout
+    _write(fs, IDS[:20])
+    assert fs.verify() == [] and sorted(fs.cls().column("image_id").to_pylist()) == IDS[:20]
+    record = loc.read_json(layout.FEATURE_SET_JSON)
+    record["spec"]["shard_images"] = 4
+    loc.write_json(record, layout.FEATURE_SET_JSON)
+    with pytest.raises(Exception, match="stored otherwise"):
+        store.feature_set(tiny_spec.feature_set_id)

@@ -37,6 +37,7 @@ def small_config(tmp_path, cohort, **kw) -> StudyConfig:
         store=str(tmp_path / "store"),
         manifest=str(cohort),
         encoders=["pixels", "rad-dino"],
+        positive_control=False,  # its own tests: tests/evaluation/test_controls.py (and make demo)
         train=TINY_TRAIN,
         evaluation={"resamples": 200},
         report=str(tmp_path / "report"),
