@@ -33,6 +33,7 @@ from evaluation.compute import RunData, compute
 from evaluation.config import EvalConfig
 from evaluation.controls import check_controls
 from featurestore import __version__
+from featurestore.encoders.registry import display_name
 from featurestore.errors import RadstoreError
 from featurestore.layout import EVAL_TABLES, now_ms
 from featurestore.layout.records import (
@@ -235,7 +236,7 @@ def results_table(metrics: pa.Table, primary_only: bool = True) -> list[dict]:
             {
                 "task": m["task"],
                 "head": m["head"],
-                "encoder": m["encoder"],
+                "encoder": display_name(m["encoder"]),
                 "fold": "" if m["fold"] is None else m["fold"],
                 "metric": m["metric"],
                 "value [95% CI]": format_value(m),

@@ -13,8 +13,8 @@ to the best head of the model, averaged over fresh draws of the noise:
 * segmentation: the planted mask fraction itself, upsampled bilinearly to the target masks as
   the heads upsample, cut at 0.5: the Dice ceiling of the grid plus the noise.
 
-The expected values describe a linear read-out, so they hold the heads registered as one
-(``linear_readout``: the probes). A metric of such a head whose interval lies more than
+The expected values describe a linear read-out, so they hold the runs of heads registered as
+one (``linear_readout``, recorded in each run: the probes). A metric of such a head whose interval lies more than
 :data:`TOLERANCE` from its expected value is *missed*: below, the machinery loses signal it was
 given (a label join, a split, a threshold, a metric); above, something leaks. Other heads'
 rows are reported beside the same value as a *reference*, never counted as a miss: their
@@ -37,7 +37,6 @@ from featurestore.encoders.registry import control_of
 from featurestore.layout.records import open_masks
 from featurestore.store import Store
 from featurestore.tasks import TASKS, get_kind
-from heads.registry import get_head
 
 #: How far a head may trail (or beat) the model's best read-out before the control is missed:
 #: a head fitted on a finite training split trails it by a few points.
@@ -157,7 +156,7 @@ def check_controls(store: Store, runs: list[RunData], metric_rows: list[dict], c
             lo, hi = float(r["ci_low"]), float(r["ci_high"])
             if r.get("status") == "insufficient" or not np.isfinite(r["value"]) or not np.isfinite(expected):
                 status = "insufficient"
-            elif not get_head(run.meta["head"]).linear_readout:
+            elif not run.meta.get("linear_readout"):
                 status = "reference"
             elif hi < expected - TOLERANCE or lo > expected + TOLERANCE or not (np.isfinite(lo) and np.isfinite(hi)):
                 status = "missed"

@@ -17,6 +17,7 @@ from featurestore.layout.paths import new_run_id
 from featurestore.layout.records import RunRecord, code_version, list_runs, predictions_table, write_run
 from featurestore.store import Store
 from featurestore.tasks import TaskDef
+from heads.registry import get_head
 
 # Config fields that change how a run is computed, not what it computes.
 RUNTIME_ONLY = ("progress", "device")
@@ -37,6 +38,7 @@ def save_run(store: Store, task: TaskDef, config: dict[str, Any], feature_set_id
         config=config, code_version=code_version(), created_at=datetime.now(UTC).isoformat(),
         best_epoch=best_epoch, epochs=len(curve), curve=curve, splits=splits, test_metrics=test_metrics,
         operating_points=dict(operating_points or {}), val_counts=dict(val_counts or {}), warnings=dict(warnings or {}),
+        linear_readout=get_head(config["head"]).linear_readout,
     )  # fmt: skip
     threshold = float(rec.operating_points.get("threshold", 0.5))
     masks = (pred, (y > 0.5).astype(np.uint8)) if kind.dense else None

@@ -48,8 +48,14 @@ def code_version() -> str:
 class _JsonRecord(Mapping):
     """A frozen record that is also the read-only mapping of its json document."""
 
+    #: Fields added after the record's first version: written only when set.
+    _OMIT_UNSET: ClassVar[tuple[str, ...]] = ()
+
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        for name in self._OMIT_UNSET:  # fields added later: absent until set, so old records round-trip
+            if d.get(name) in (None, [], {}):
+                d.pop(name, None)
         return {**self.extra, **d}
 
     @classmethod
@@ -101,9 +107,13 @@ class RunRecord(_JsonRecord):
     val_counts: dict[str, int] = field(default_factory=dict)
     # e.g. {"validation_warning": "..."} when the validation split cannot support selection.
     warnings: dict[str, str] = field(default_factory=dict)
+    # Whether the head is a linear read-out of the embedding (the probes): what the positive
+    # control's expected values hold (evaluation.controls); None for runs that predate it.
+    linear_readout: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     _REQUIRED: ClassVar[tuple[str, ...]] = ("run_id", "task", "task_kind", "head", "feature_set_id", "encoder", "config", "created_at")
+    _OMIT_UNSET: ClassVar[tuple[str, ...]] = ("linear_readout",)
 
     @property
     def created(self) -> datetime:
@@ -221,6 +231,7 @@ class EvaluationRecord(_JsonRecord):
     extra: dict[str, Any] = field(default_factory=dict)
 
     _REQUIRED: ClassVar[tuple[str, ...]] = ("eval_id", "created_at", "config", "runs")
+    _OMIT_UNSET: ClassVar[tuple[str, ...]] = ("controls",)
 
     @property
     def created(self) -> datetime:

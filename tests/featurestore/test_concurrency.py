@@ -24,7 +24,7 @@ from featurestore.store import Store
 from tests.conftest import batch_for
 from tests.featurestore.test_faults import _spawn
 
-N_IMAGES = 48
+N_IMAGES = 32
 SCENARIOS = ("disjoint", "overlapping", "identical")
 
 
@@ -76,7 +76,7 @@ def _run_trials(backend_of, spec, trials: int, seed: int) -> dict:
         running = [_spawn((url, opts), spec, stop=b, start=a, **k) for (a, b), k in zip(ranges, kw)]
         killed = []
         if trial % 4 != 3:  # three trials in four kill 1-2 writers at a random moment
-            time.sleep(float(rng.uniform(1.0, 4.0)))
+            time.sleep(float(rng.uniform(1.5, 3.0)))
             for k in rng.choice(len(running), size=int(rng.integers(1, 3)), replace=False):
                 if running[k].poll() is None:
                     running[k].send_signal(signal.SIGKILL)

@@ -90,7 +90,7 @@ def test_study_runs_the_grid_and_a_rerun_reuses_everything(prefect_server, cohor
 def test_config_files_and_their_errors(tmp_path):
     for name in ("demo", "study"):
         cfg = load_config(ROOT / "configs" / f"{name}.yaml")
-        assert {e.name for e in cfg.encoders} == {"rad-dino", "chexagent", "biomedclip", "pixels", "random-vit"}
+        assert {e.name for e in cfg.encoders} == {"rad-dino", "chexagent", "biomedclip", "pixels", "random-vit", "planted"}
         assert cfg.evaluation["resamples"] == 2000
         # Every knob of the config is in each example file (documented there).
         assert set(yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())) == set(cfg.to_json())
@@ -188,6 +188,7 @@ def test_scale_out_on_dask_into_s3(prefect_server, s3_server, cohort, tmp_path):
             manifest=str(cohort),
             storage_options=s3_server,
             encoders=["rad-dino"],
+            positive_control=False,
             tasks=["heart-seg"],
             heads=["linear"],
             train=TINY_TRAIN,
