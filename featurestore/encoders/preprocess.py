@@ -89,3 +89,44 @@ class Preprocessing:
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return ((t - mean) / std).contiguous()
+
+
+#: A transformers image processor's ``resample`` code -> the interpolation radstore uses.
+RESAMPLE = {2: "bilinear", 3: "bicubic"}
+PROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def from_processor_config(folder: Any, default: Preprocessing) -> Preprocessing:
+    """The preprocessing a weights folder's own ``preprocessor_config.json`` describes (a
+    transformers image processor's): mean and std; ``size: {shortest_edge}`` with a centre
+    ``crop_size`` (BitImageProcessor, as RAD-DINO's) or ``size: {height, width}`` (a plain resize,
+    as SiglipImageProcessor's); ``resample``. Fields it does not give keep ``default``'s, and
+    ``bits`` is always ``default``'s. A folder without the file gets ``default`` with a warning
+    naming it, since its model may have been trained with other statistics.
+    """
+    import json
+    import warnings
+    from pathlib import Path
+
+    path = Path(folder) / PROCESSOR_CONFIG
+    if not path.is_file():
+        warnings.warn(
+            f"{folder} has no {PROCESSOR_CONFIG}: using the documented defaults "
+            f"(size {default.size}, mean {default.mean[0]:g}, std {default.std[0]:g}); add the file if the weights expect others",
+            stacklevel=2,
+        )
+        return default
+    cfg = json.loads(path.read_text())
+    out = default
+    if "image_mean" in cfg and "image_std" in cfg:
+        out = replace(out, mean=tuple(cfg["image_mean"]), std=tuple(cfg["image_std"]))
+    size, crop = cfg.get("size") or {}, cfg.get("crop_size") or {}
+    if isinstance(size, dict) and "shortest_edge" in size:
+        edge = int(size["shortest_edge"])
+        side = int(crop.get("height", edge)) if cfg.get("do_center_crop", True) else edge
+        out = replace(out, resize="shortest_edge_crop", size=side, resize_to=None if edge == side else edge)
+    elif isinstance(size, dict) and "height" in size:
+        out = replace(out, resize="squash", size=int(size["height"]), resize_to=None)
+    if cfg.get("resample") in RESAMPLE:
+        out = replace(out, interpolation=RESAMPLE[cfg["resample"]])
+    return out
