@@ -11,18 +11,31 @@ DEMO_N ?= 400
 DEMO_SPLIT ?= 0.45,0.2,0.35
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint format bench venv clean
+.PHONY: demo test test-fast lint format bench venv clean constraints
 
 venv: $(STAMP)
 
 # torch/torchvision first, pinned: pip takes both from this machine's disk (torch 2.13's CPU
 # wheel cannot be used: PyPI's torchvision fails to import beside it, and open_clip needs it).
-$(STAMP): pyproject.toml
+# Every other package at the version constraints.txt pins (the environment the tests passed in).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# The upgrade procedure: resolve pyproject.toml afresh in a throwaway venv and freeze it into
+# constraints.txt; then `make test` (a new .venv from it) and commit both if it passes.
+constraints:
+	rm -rf .venv-upgrade
+	$(PYTHON) -m venv .venv-upgrade
+	.venv-upgrade/bin/python -m pip install -q --upgrade pip
+	.venv-upgrade/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	.venv-upgrade/bin/python -m pip install -q -e '.[test]'
+	{ head -2 constraints.txt; .venv-upgrade/bin/python -m pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .venv-upgrade $(VENV)
 
 demo: $(STAMP)
 	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --split $(DEMO_SPLIT) --seed 0 --preview --quiet
