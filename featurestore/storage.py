@@ -127,30 +127,41 @@ class Location:
 
         ``data`` is bytes, or a sequence of buffers (bytes, memoryviews, contiguous arrays)
         written one after another: a shard's grids and its index go out without being joined.
-        Local: temp file in the same directory, fsync-free rename. Object stores: one PUT of
-        the final key (a PUT is atomic there; there is no rename).
+        Local: a held temporary file (:meth:`_held_temp`), fsync-free rename. Object stores: one
+        PUT of the final key (a PUT is atomic there; there is no rename).
         """
         final = self.path(*parts)
         bufs = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         if self.is_local:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            tmp = ""
-            try:
-                tmp = self.temp_path()
-                with open(tmp, "wb") as f:
-                    hold(f)
-                    for b in bufs:
-                        f.write(b)
-                    os.replace(tmp, final)  # while held: a sweeper never takes a file being renamed
-            except BaseException as e:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                if is_disk_full(e):
-                    raise self.full_error(final, sum(memoryview(b).nbytes for b in bufs)) from None
-                raise
+            with self._held_temp(final, sum(memoryview(b).nbytes for b in bufs)) as (tmp, f):
+                for b in bufs:
+                    f.write(b)
+                f.flush()  # whole before it gets its name (the file stays open, held, until after)
+                os.replace(tmp, final)  # while held: a sweeper never takes a file being renamed
         else:
             self.fs.pipe_file(final, bufs[0] if len(bufs) == 1 else b"".join(memoryview(b).cast("B") for b in bufs))
         return final
+
+    @contextlib.contextmanager
+    def _held_temp(self, final: str, nbytes: int) -> Iterator[tuple[str, Any]]:
+        """(local) ``(path, open file)`` of a new temporary file for ``final``, held (:func:`hold`)
+        while the caller writes it and moves it into place; removed afterwards whatever happened
+        (gone already after a rename). A full disk raises :meth:`full_error` for ``nbytes``."""
+        tmp = ""
+        try:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            tmp = self.temp_path()
+            with open(tmp, "wb") as f:
+                hold(f)
+                yield tmp, f
+        except OSError as e:
+            if is_disk_full(e):
+                raise self.full_error(final, nbytes) from None
+            raise
+        finally:
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def temp_path(self) -> str:
         """(local) A new temporary file's path under this root's ``.tmp`` directory: same
@@ -180,25 +191,14 @@ class Location:
         """
         final = self.path(*parts)
         if self.is_local:
-            tmp = ""
             try:
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                tmp = self.temp_path()
-                with open(tmp, "wb") as f:
-                    hold(f)
+                with self._held_temp(final, len(data)) as (tmp, f):
                     f.write(data)
+                    f.flush()  # whole before it gets its name
                     os.link(tmp, final)
                 return True
             except FileExistsError:
                 return False
-            except OSError as e:
-                if is_disk_full(e):
-                    raise self.full_error(final, len(data)) from None
-                raise
-            finally:
-                if tmp:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
         for k in range(CONFLICT_RETRIES):
             try:
                 self.fs.pipe_file(final, data, mode="create")
@@ -259,24 +259,21 @@ class Location:
             return []
         d = self.path(names.TMP_DIR)
         try:
-            entries = [f"{d}/{n}" for n in os.listdir(d) if n.endswith(names.PARTIAL_SUFFIX)]
+            return self._remove_dead([f"{d}/{n}" for n in os.listdir(d)], older_than_s)
         except FileNotFoundError:
             return []
-        return [(p, n) for p in entries if (n := self._remove_if_dead(p, older_than_s)) is not None]
 
     def walk_partials(self, older_than_s: float | None = None) -> list[tuple[str, int]]:
         """:meth:`sweep_partials` over every ``*.partial`` file anywhere under the root (a full walk:
         for ``radstore store gc``, which also finds leftovers of older versions and of zarr)."""
         if not self.is_local:
             return []
-        out = []
-        for dirpath, _, files in os.walk(self.root):
-            for f in files:
-                if f.endswith(names.PARTIAL_SUFFIX):
-                    n = self._remove_if_dead(f"{dirpath}/{f}", older_than_s)
-                    if n is not None:
-                        out.append((f"{dirpath}/{f}", n))
-        return out
+        return self._remove_dead([f"{d}/{f}" for d, _, files in os.walk(self.root) for f in files], older_than_s)
+
+    @classmethod
+    def _remove_dead(cls, paths: list[str], older_than_s: float | None) -> list[tuple[str, int]]:
+        """(path, bytes) of each ``*.partial`` file of ``paths`` removed as dead (:meth:`_remove_if_dead`)."""
+        return [(p, n) for p in paths if p.endswith(names.PARTIAL_SUFFIX) and (n := cls._remove_if_dead(p, older_than_s)) is not None]
 
     @staticmethod
     def _remove_if_dead(path: str, older_than_s: float | None) -> int | None:

@@ -247,3 +247,26 @@ def test_two_creators_with_other_shard_sizes_agree_on_the_array(tmp_path, tiny_s
     loc.write_json(record, layout.FEATURE_SET_JSON)
     with pytest.raises(Exception, match="stored otherwise"):
         store.feature_set(tiny_spec.feature_set_id)
+
+
+def test_a_temporary_file_is_whole_when_it_gets_its_name(tmp_path, monkeypatch):
+    """The file is renamed (or linked) while still open and held: its bytes must be flushed
+    first, or a reader of the final name could see a short object until the writer closes it."""
+    loc = storage.Location(str(tmp_path / "loc"))
+    seen = []
+    real_replace, real_link = os.replace, os.link
+
+    def replace(src, dst):
+        seen.append(os.path.getsize(src))
+        return real_replace(src, dst)
+
+    def link(src, dst):
+        seen.append(os.path.getsize(src))
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "link", link)
+    loc.write_atomic([b"a" * 1000, b"b" * 24], "x", "one.bin")
+    assert loc.create_exclusive(b"c" * 700, "x", "two.bin") and not loc.create_exclusive(b"d", "x", "two.bin")
+    assert seen[:2] == [1024, 700]
+    assert loc.read_bytes("x", "two.bin") == b"c" * 700 and _partials(str(tmp_path)) == []
