@@ -23,7 +23,6 @@ class FeatureSetGarbage:
     array_rows: int
     committed_rows: int
     uncommitted_shards: list[int]  # shards inside the array that no cls part commits
-    claimed_shards: int
 
     @property
     def unused_rows(self) -> int:
@@ -63,14 +62,12 @@ def collect_feature_set(fs: FeatureSet, older_than_s: float | None = None) -> Fe
     s = fs.spec.shard_images
     committed = fs.committed_rows()
     shards = {layout.shard_of_part(p) for p in fs.cls_parts()}
-    claims = fs.loc.list(layout.CLAIMS_DIR, suffix=".json")
     return FeatureSetGarbage(
         feature_set_id=fs.id,
         removed=removed,
         array_rows=rows,
         committed_rows=len(set(committed.column("row").to_pylist())),
         uncommitted_shards=[k for k in range(rows // s) if k not in shards],
-        claimed_shards=len(claims),
     )
 
 

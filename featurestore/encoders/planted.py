@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from featurestore.tasks import TASKS
 
 AUROC = 0.85
 #: Mean shift between the classes of a binary label's dimension: AUROC = Phi(SHIFT / sqrt(2)).
-SHIFT = math.sqrt(2.0) * 1.0364333894937898  # Phi^-1(0.85)
+SHIFT = math.sqrt(2.0) * NormalDist().inv_cdf(AUROC)
 NUMBER_SCALE = 25.0
 MASK_NOISE = 0.1
 NOISE_DIMS = 5

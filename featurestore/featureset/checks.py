@@ -15,6 +15,7 @@ import torch
 
 from featurestore.errors import FeatureSetError
 from featurestore.featureset.spec import FeatureSetSpec
+from featurestore.manifest import printable
 
 _NOTHING = "nothing of this batch was written"
 
@@ -40,7 +41,7 @@ def check_batch(
         where: dict[str, list[int]] = {}
         for k, i in enumerate(ids):
             where.setdefault(i, []).append(k)
-        dupes = [(_shown(i), ks) for i, ks in where.items() if len(ks) > 1]
+        dupes = [(printable(i), ks) for i, ks in where.items() if len(ks) > 1]
         at = "; ".join(f"{i} at positions {_positions(ks)}" for i, ks in dupes[:5])
         more = f" and {len(dupes) - 5} more" if len(dupes) > 5 else ""
         raise FeatureSetError(f"image_id(s) {', '.join(i for i, _ in dupes[:5])}{more} appear twice in one batch ({at}); {_NOTHING}")
@@ -55,11 +56,6 @@ def check_batch(
     for k, v in extras.items():
         if tuple(v.shape) != (b, spec.extra_globals[k]):
             raise FeatureSetError(f"extra global {k!r} has shape {tuple(v.shape)}, expected ({b}, {spec.extra_globals[k]}); {_NOTHING}")
-
-
-def _shown(image_id: str) -> str:
-    """An image_id for an error message, control characters escaped (no fake lines)."""
-    return image_id if image_id.isprintable() else repr(image_id)[1:-1]
 
 
 def _positions(ks: list[int], most: int = 10) -> str:
