@@ -10,8 +10,11 @@ DEMO_N ?= 400
 # validation positives (AUROC on fewer is reported as insufficient).
 DEMO_SPLIT ?= 0.45,0.2,0.35
 PYTEST_ARGS ?=
+REBUILD_DIR ?= rebuild-check
+REBUILD_N ?= 100
+REBUILD_CONFIG ?= configs/rebuild-check.yaml
 
-.PHONY: demo test test-fast lint format bench venv clean constraints
+.PHONY: demo test test-fast lint format bench venv clean constraints rebuild-check
 
 venv: $(STAMP)
 
@@ -36,6 +39,46 @@ constraints:
 	{ head -2 constraints.txt; .venv-upgrade/bin/python -m pip freeze --exclude-editable; } > constraints.new
 	mv constraints.new constraints.txt
 	rm -rf .venv-upgrade $(VENV)
+
+# Does a venv rebuilt from constraints.txt reproduce the numbers? The small study of
+# $(REBUILD_CONFIG) runs with this .venv, then with a venv that `make venv` builds from scratch
+# in a copy of the working tree (git ls-files -co --exclude-standard: tracked and untracked files,
+# not ignored ones), on one cohort, each with a fresh RADSTORE_CACHE (random:tiny models rebuilt
+# from their seeds) and PREFECT_HOME. Both runs import radstore from that copy, so only the
+# environment differs. infra/rebuild_check.py snapshots both stores (feature-set ids, runs,
+# evaluations, every metric row, floats bit for bit) and compares them: exit 1 on any difference.
+# Snapshots, stores and logs in $(REBUILD_DIR)/; the copy and its venv (~7 GB) are in a temp
+# dir removed at the end. Several minutes, mostly pip.
+rebuild-check: $(STAMP)
+	@set -euo pipefail; \
+	out="$(abspath $(REBUILD_DIR))"; venv="$(abspath $(VENV))"; \
+	rm -rf "$$out"; mkdir -p "$$out"; \
+	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/radstore-rebuild-check.XXXXXX"); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "rebuild-check: copy of the working tree in $$tmp/src"; \
+	mkdir "$$tmp/src"; \
+	git ls-files -z -co --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$$tmp/src"; \
+	cd "$$tmp/src"; \
+	echo "rebuild-check: cohort of $(REBUILD_N) images in $$out/cohort"; \
+	"$$venv/bin/python" -m flows.cli synth --out "$$out/cohort" --n $(REBUILD_N) --split $(DEMO_SPLIT) --seed 0 \
+		--min-side 256 --max-side 384 --quiet; \
+	study() { \
+		mkdir -p "$$out/$$2/cache" "$$out/$$2/prefect"; \
+		"$$1" -m pip freeze --exclude-editable > "$$out/$$2-freeze.txt"; \
+		echo "rebuild-check: study with $$1 (log $$out/$$2.log)"; \
+		RADSTORE_CACHE="$$out/$$2/cache" PREFECT_HOME="$$out/$$2/prefect" "$$1" -m flows.cli study --config $(REBUILD_CONFIG) \
+			--store "$$out/$$2/store" --manifest "$$out/cohort/manifest.parquet" --report "$$out/$$2/report" > "$$out/$$2.log" 2>&1 \
+			|| { echo "rebuild-check: the study failed, see $$out/$$2.log"; return 1; }; \
+		"$$1" infra/rebuild_check.py snapshot --store "$$out/$$2/store" --out "$$out/$$2.json"; \
+	}; \
+	study "$$venv/bin/python" before; \
+	echo "rebuild-check: a fresh venv from constraints.txt: make venv in the copy (log $$out/venv.log)"; \
+	$(MAKE) --no-print-directory -C "$$tmp/src" venv PYTHON="$(PYTHON)" > "$$out/venv.log" 2>&1 \
+		|| { echo "rebuild-check: make venv failed, see $$out/venv.log"; exit 1; }; \
+	study "$$tmp/src/$(VENV)/bin/python" after; \
+	if cmp -s "$$out/before-freeze.txt" "$$out/after-freeze.txt"; then echo "rebuild-check: same packages in both venvs"; \
+	else echo "rebuild-check: the venvs' packages differ:"; diff "$$out/before-freeze.txt" "$$out/after-freeze.txt" || true; fi; \
+	"$$venv/bin/python" infra/rebuild_check.py compare "$$out/before.json" "$$out/after.json" | tee "$$out/compare.txt"; \
+	echo "rebuild-check: passed in $${SECONDS}s"
 
 demo: $(STAMP)
 	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --split $(DEMO_SPLIT) --seed 0 --preview --quiet
@@ -66,4 +109,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(REBUILD_DIR) .pytest_cache

@@ -11,6 +11,9 @@ from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BITS = (8, 16)
+#: How an image's intensities reach the encoder: ``window`` (the DICOM display pipeline, 16-bit
+#: files by their significant bits) or ``minmax`` (the study's per-image min-max stretch).
+INTENSITIES = ("window", "minmax")
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class ExtractConfig:
     weights: str | None = None  # folder, "random", "random:tiny"; None: $RADSTORE_WEIGHTS_DIR / HF cache
     size: int | None = None  # input resolution override (a distinct feature set)
     bits: int | None = None  # 8 or 16 (a distinct feature set); None: the encoder's default (8)
+    intensity: str | None = None  # window or minmax (a distinct feature set); None: window
     batch_size: int = 16
     device: str = "auto"
     num_workers: int = 1  # DataLoader processes decoding and preprocessing

@@ -103,23 +103,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_encoder(name: str, weights: str | None, size: int | None, bits: int | None, device: str) -> Encoder:
+def _cached_encoder(name: str, weights: str | None, size: int | None, bits: int | None, intensity: str | None, device: str) -> Encoder:
     """One model per process and configuration (a Dask worker runs many groups)."""
-    return load_encoder(name, weights, size=size, bits=bits).to(device)
+    return load_encoder(name, weights, size=size, bits=bits, intensity=intensity).to(device)
 
 
 def encoder_for(cfg: ExtractConfig) -> Encoder:
     """The encoder ``cfg`` names, loaded and moved to its device once per process and reused."""
-    return _cached_encoder(cfg.encoder, cfg.weights, cfg.size, cfg.bits, str(resolve_device(cfg.device)))
+    return _cached_encoder(cfg.encoder, cfg.weights, cfg.size, cfg.bits, cfg.intensity, str(resolve_device(cfg.device)))
 
 
 def feature_set_for(store: Store, cfg: ExtractConfig) -> FeatureSet:
     """The feature set ``cfg``'s embeddings go into, created on first use (its shard size applies
-    only then: an existing feature set keeps its own)."""
-    spec = encoder_for(cfg).spec(cfg.dtype)
+    only then: an existing feature set keeps its own). One written under the encoder's legacy
+    weights fingerprint is found and reused (:meth:`Store.create_feature_set`)."""
+    encoder = encoder_for(cfg)
+    spec = encoder.spec(cfg.dtype)
     if cfg.shard_images:
         spec = dataclasses.replace(spec, shard_images=cfg.shard_images)
-    return store.create_feature_set(spec)
+    return store.create_feature_set(spec, legacy_fingerprint=lambda: encoder.legacy_fingerprint)
 
 
 class _Images(Dataset):
@@ -143,7 +145,7 @@ class _Images(Dataset):
             if indexed is not None and (sha := sha256_of(data)) != indexed:
                 out["error"] = changed_bytes_reason(indexed, sha, "not embedded: the image index holds the earlier version")
                 return out
-            img = read_image(uri, data=data, format=fmt)
+            img = read_image(uri, data=data, format=fmt, **self.encoder.preprocessing.decode_options())
             row = {"image_id": image_id, **self.extra.get(image_id, {})}
             out.update(x=self.encoder.input_for(img.pixels, row), sha256=img.meta.sha256)
         except Exception as e:  # noqa: BLE001 - a failure of one image must not stop the rest

@@ -7,13 +7,25 @@ the image's own min..max after the modality LUT (documented choice: no clipping)
 images are converted to luminance; multi-frame files give their first frame.
 
 PNG/TIFF at 8 or 16 bits and 8-bit JPEG are read with Pillow and scaled by their bit depth
-(12-bit JPEG exists only inside DICOM, which pydicom decodes with pylibjpeg).
+(12-bit JPEG exists only inside DICOM, which pydicom decodes with pylibjpeg). A 16-bit PNG or
+TIFF often carries fewer significant bits (a 12-bit detector's values 0..4095): it is scaled
+by ``2**bits - 1`` where ``bits`` is, in order, the PNG's ``sBIT`` chunk when it declares one,
+else the smallest of 10, 12, 14, 16 bits that holds the file's maximum value
+(:func:`significant_bits`); ``depth_rule="container"`` divides by 65535 as radstore once did.
+Which rule gave the depth is recorded (``ImageMeta.bits_rule``, the images table's
+``bits_rule``): ``sBIT``, ``max-value``, ``container``, ``BitsStored`` (DICOM) or ``8-bit``.
+
+``intensity="minmax"`` is the study's per-image rule (``--intensity minmax``): the stored values
+(DICOM: the modality LUT's output, no VOI window) stretched over the image's own min..max, in
+float64; with ``levels=255`` rounded (half to even) to the 8-bit grid there, from the integers,
+so the uint8 image is exactly the one ``np.round((v - min) / (max - min) * 255)`` gives.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import fsspec
@@ -38,6 +50,7 @@ class ImageMeta:
     photometric: str
     sha256: str
     size_bytes: int
+    bits_rule: str = "8-bit"  # where bits_stored came from (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -81,8 +94,11 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_image(uri: str, data: bytes | None = None, format: str | None = None) -> LoadedImage:
-    """Decode one image. Raises ImageReadError naming the file and the reason."""
+def read_image(uri: str, data: bytes | None = None, format: str | None = None, *, intensity: str = "window",
+               depth_rule: str = "significant", levels: int | None = None) -> LoadedImage:  # fmt: skip
+    """Decode one image (``intensity``, ``depth_rule``, ``levels``: see the module docstring).
+    Raises ImageReadError naming the file and the reason."""
+    minmax = (lambda a: _minmax(a, levels)) if intensity == "minmax" else None
     if data is None:
         data = read_bytes(uri)
     if not data:
@@ -99,9 +115,9 @@ def read_image(uri: str, data: bytes | None = None, format: str | None = None) -
         )
     try:
         if fmt == "dicom":
-            pixels, bits, photometric = _decode_dicom(data)
+            pixels, bits, photometric, rule = _decode_dicom(data, minmax)
         else:
-            pixels, bits, photometric = _decode_pillow(data)
+            pixels, bits, photometric, rule = _decode_pillow(data, depth_rule, minmax)
     except ImageReadError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -121,6 +137,7 @@ def read_image(uri: str, data: bytes | None = None, format: str | None = None) -
         photometric=photometric,
         sha256=sha256_of(data),
         size_bytes=len(data),
+        bits_rule=rule,
     )
     return LoadedImage(pixels=pixels, meta=meta)
 
@@ -133,7 +150,20 @@ def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _decode_dicom(data: bytes) -> tuple[np.ndarray, int, str]:
+def _minmax(arr: np.ndarray, levels: int | None) -> np.ndarray:
+    """The stored values over their own min..max, in float64 (on ``levels`` steps when given)."""
+    a = np.asarray(arr, dtype=np.float64)
+    lo, hi = a.min(), a.max()
+    out = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    if levels:
+        out = np.round(out * levels) / levels
+    return out.astype(np.float32)
+
+
+Stretch = Callable[[np.ndarray], np.ndarray] | None
+
+
+def _decode_dicom(data: bytes, minmax: Stretch = None) -> tuple[np.ndarray, int, str, str]:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -151,10 +181,12 @@ def _decode_dicom(data: bytes) -> tuple[np.ndarray, int, str]:
         # pydicom returns RGB (YBR converted); radiographs are greyscale: take luminance.
         rgb = arr.astype(np.float32)
         lum = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-        return _scale(lum, 0.0, float(2**bits - 1)), bits, photometric
+        return (minmax(lum) if minmax else _scale(lum, 0.0, float(2**bits - 1))), bits, photometric, "BitsStored"
     m = apply_modality_lut(arr, ds)
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    if has_voi:
+    if minmax is not None:
+        out = minmax(m)
+    elif has_voi:
         v = apply_voi_lut(m, ds, index=0, prefer_lut=True)
         # The VOI output range, found by sending the extremes of the input range through it.
         signed = int(ds.get("PixelRepresentation", 0)) == 1
@@ -168,27 +200,66 @@ def _decode_dicom(data: bytes) -> tuple[np.ndarray, int, str]:
         out = _scale(m, float(np.min(m)), float(np.max(m)))
     if photometric == "MONOCHROME1":
         out = 1.0 - out
-    return out, bits, photometric
+    return out, bits, photometric, "BitsStored"
 
 
-def _decode_pillow(data: bytes) -> tuple[np.ndarray, int, str]:
+def _decode_pillow(data: bytes, depth_rule: str = "significant", minmax: Stretch = None) -> tuple[np.ndarray, int, str, str]:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         im.load()
         mode = im.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            arr = np.asarray(im, dtype=np.uint16)
-            return _scale(arr, 0.0, 65535.0), 16, "MONOCHROME2"
-        if mode == "I":
-            arr = np.asarray(im, dtype=np.int64)
-            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-            return _scale(arr, 0.0, top), 16 if top > 255 else 8, "MONOCHROME2"
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N") or mode == "I":
+            arr = np.asarray(im, dtype=np.int64 if mode == "I" else np.uint16)
+            if mode == "I" and arr.max(initial=0) <= 255 and arr.min(initial=0) >= 0:
+                bits, rule, top = 8, "8-bit", 255
+            elif depth_rule == "container":
+                bits, rule, top = 16, "container", 65535
+            else:
+                bits, rule = significant_bits(arr, png_sbit(data))
+                top = 2**bits - 1
+            return (minmax(arr) if minmax else _scale(arr, 0.0, float(top))), bits, "MONOCHROME2", rule
         if mode == "F":
             arr = np.asarray(im, dtype=np.float32)
-            return _scale(arr, float(arr.min()), float(arr.max())), 32, "MONOCHROME2"
+            return (minmax or (lambda a: _scale(a, float(a.min()), float(a.max()))))(arr), 32, "MONOCHROME2", "min-max"
         if mode == "1":
-            return np.asarray(im, dtype=np.float32), 1, "MONOCHROME2"
+            return np.asarray(im, dtype=np.float32), 1, "MONOCHROME2", "1-bit"
+        photometric = "MONOCHROME2" if mode == "L" else mode
         if mode != "L":
             im = im.convert("L")
-        return _scale(np.asarray(im, dtype=np.uint8), 0.0, 255.0), 8, "MONOCHROME2" if mode == "L" else mode
+        arr = np.asarray(im, dtype=np.uint8)
+        return (minmax(arr) if minmax else _scale(arr, 0.0, 255.0)), 8, photometric, "8-bit"
+
+
+#: Depths a 16-bit container's data is assumed to have when the file does not say (detectors
+#: digitise at 10, 12, 14 or 16 bits).
+INFERRED_DEPTHS = (10, 12, 14, 16)
+
+
+def significant_bits(arr: np.ndarray, sbit: int | None) -> tuple[int, str]:
+    """(bits, rule) for a 16-bit image: the file's declared ``sBIT`` when it has one (and the data
+    fit in it), else the smallest of :data:`INFERRED_DEPTHS` holding the maximum value."""
+    top = int(arr.max(initial=0))
+    if sbit is not None and 1 <= sbit <= 16 and top < 2**sbit:
+        return sbit, "sBIT"
+    return next(b for b in INFERRED_DEPTHS if top < 2**b), "max-value"
+
+
+def png_sbit(data: bytes) -> int | None:
+    """The significant bits a PNG declares in its ``sBIT`` chunk (the grey or the largest colour
+    channel's), or None when it has none or is not a PNG. Pillow does not expose the chunk, so
+    the chunk list before the image data is walked here (length, type, body, crc each)."""
+    import struct
+
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"sBIT" and length >= 1:
+            body = data[pos + 8 : pos + 8 + length]
+            return max(body[: 3 if length >= 3 else 1])
+        if kind in (b"IDAT", b"IEND"):  # sBIT must come before the image data
+            return None
+        pos += 12 + length
+    return None

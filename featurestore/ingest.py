@@ -66,6 +66,7 @@ def _check_one(row: dict, manifest: Manifest, known: dict[str, str]) -> tuple[st
         "height": m.height,
         "width": m.width,
         "bits_stored": m.bits_stored,
+        "bits_rule": m.bits_rule,
         "photometric": m.photometric,
     }
 

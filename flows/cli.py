@@ -96,8 +96,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_store_info(args: argparse.Namespace) -> int:
-    """``radstore store info``: print the store's images and feature sets with sizes (``--json``: the
-    raw summary); exits 0."""
+    """``radstore store info``: print the store's images and feature sets with sizes and the scheme of
+    their weights fingerprint, with any alias id each is also found under (``--json``: the raw
+    summary); exits 0."""
     from featurestore.store import Store
 
     s = Store.open(args.store).summary()
@@ -112,12 +113,17 @@ def cmd_store_info(args: argparse.Namespace) -> int:
     if not s["feature_sets"]:
         print("feature sets none yet (radstore extract ...)")
     else:
-        print(f"{'feature set':32s} {'encoder':12s} {'grid':>12s} {'dim':>5s} {'dtype':>8s} {'images':>7s} {'size':>10s}  weights")
+        print(
+            f"{'feature set':32s} {'encoder':12s} {'grid':>12s} {'dim':>5s} {'dtype':>8s} {'images':>7s} {'size':>10s}  "
+            f"{'fingerprint':24s}  weights"
+        )
         for f in s["feature_sets"]:
             print(
                 f"{f['feature_set_id']:32s} {f['encoder']:12s} {f['grid']:>12s} {f['global_dim']:>5d} {f['dtype']:>8s} "
-                f"{f['images']:>7d} {_human(f['bytes']):>10s}  {f['labels'].get('weights', '')}"
+                f"{f['images']:>7d} {_human(f['bytes']):>10s}  {f['fingerprint_scheme']:24s}  {f['labels'].get('weights', '')}"
             )
+            for a in f["aliases"]:  # found under a newer fingerprint of the same weights
+                print(f"  also {a['feature_set_id']} ({a['fingerprint_scheme']} fingerprint {a['weights_fingerprint']})")
     return EXIT_OK
 
 
@@ -370,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``radstore`` parser; choices and defaults come from the configs and registries."""
     from evaluation.config import CI_METHODS, EvalConfig
     from evaluation.metrics import EMPTY_CONVENTIONS
-    from featurestore.config import BITS, DEVICES, ExtractConfig
+    from featurestore.config import BITS, DEVICES, INTENSITIES, ExtractConfig
     from featurestore.synth.cohort import SynthConfig
     from featurestore.tasks import TASKS, all_heads
     from heads.config import SEG_LOSSES, SOLVERS, TrainConfig
@@ -420,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_option(s, ExtractConfig, "size", "input resolution (default: the encoder's own); another size is another feature set", type=int)
     config_option(s, ExtractConfig, "bits", "quantise to 8 bits (default, as HF processors) or keep 16", type=int, choices=BITS)
+    config_option(
+        s,
+        ExtractConfig,
+        "intensity",
+        "window: DICOM display pipeline (default); minmax: the study's per-image min-max stretch",
+        choices=INTENSITIES,
+    )
     config_option(s, ExtractConfig, "batch_size", "images per forward pass")
     config_option(s, ExtractConfig, "device", "where the encoder runs", choices=DEVICES)
     config_option(s, ExtractConfig, "num_workers", "DataLoader processes decoding images")

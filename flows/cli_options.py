@@ -79,5 +79,5 @@ TRAIN_OPTIONS = (
     "folds",
     "solver",
 )
-EXTRACT_OPTIONS = ("weights", "size", "bits", "batch_size", "device", "num_workers", "shard_images")
+EXTRACT_OPTIONS = ("weights", "size", "bits", "intensity", "batch_size", "device", "num_workers", "shard_images")
 EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold", "min_class_count")

@@ -27,7 +27,16 @@ class EncoderEntry:
     weights: str | None = None
     size: int | None = None
     bits: int | None = None
+    intensity: str | None = None  # window (default) or minmax: the study's per-image stretch
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        from featurestore.config import BITS, INTENSITIES
+
+        if self.bits is not None and self.bits not in BITS:
+            raise RadstoreError(f"encoder {self.name}: bits must be one of {BITS}, got {self.bits!r}")
+        if self.intensity is not None and self.intensity not in INTENSITIES:
+            raise RadstoreError(f"encoder {self.name}: intensity must be one of {INTENSITIES}, got {self.intensity!r}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,12 @@ class StudyConfig:
             raise RadstoreError(f"missing_weights must be one of {FALLBACKS}, got {self.missing_weights!r}")
         if not self.encoders:
             raise RadstoreError("the study needs at least one encoder")
+        repeated = sorted({e.name for e in self.encoders if sum(f.name == e.name for f in self.encoders) > 1})
+        if repeated:
+            raise RadstoreError(
+                f"encoder(s) {', '.join(repeated)} listed twice: a study compares each encoder once. For an ablation "
+                "(size, bits, intensity), run a second study with those settings, or `radstore extract` it into the same store"
+            )
         for t in self.tasks:
             get_task(t)
         for h in self.heads:
@@ -147,7 +162,7 @@ def _entry(e: Any) -> EncoderEntry:
         if set(e) - known:
             raise RadstoreError(f"encoder entry {e}: unknown key(s) {', '.join(sorted(set(e) - known))}")
         return EncoderEntry(**e)
-    raise RadstoreError(f"encoder entry {e!r}: give a name or a mapping with name/weights/size/bits/batch_size")
+    raise RadstoreError(f"encoder entry {e!r}: give a name or a mapping with name/weights/size/bits/intensity/batch_size")
 
 
 def load_config(path: str | os.PathLike, **overrides: Any) -> StudyConfig:

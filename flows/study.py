@@ -79,6 +79,7 @@ def _extract(cfg: StudyConfig, enc, weights: str | None) -> dict:
         weights=weights,
         size=enc.size,
         bits=enc.bits,
+        intensity=enc.intensity,
         batch_size=enc.batch_size,
         device=cfg.device,
         num_workers=cfg.num_workers,

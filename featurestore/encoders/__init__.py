@@ -75,11 +75,14 @@ def choose_weights(name: str, weights: str | None, fallback: str = "error") -> t
         return fallback, (f"*** {name}: NO REAL WEIGHTS FOUND, using {fallback} weights -- its numbers mean nothing about {name}. {e}")
 
 
-def load_encoder(name: str, weights: str | None = None, size: int | None = None, bits: int | None = None) -> Encoder:
-    """Build encoder ``name`` from offline weights; ``size``/``bits`` override its preprocessing.
+def load_encoder(name: str, weights: str | None = None, size: int | None = None, bits: int | None = None,
+                 intensity: str | None = None) -> Encoder:  # fmt: skip
+    """Build encoder ``name`` from offline weights; ``size``/``bits``/``intensity`` override its
+    preprocessing.
 
-    A changed input size or bit depth changes the preprocessing, hence the feature set id: the
-    study's resolution and bit-depth ablations land in distinct feature sets.
+    A changed input size, bit depth or intensity rule changes the preprocessing, hence the
+    feature set id: the study's resolution, bit-depth and min-max ablations land in distinct
+    feature sets.
     """
     info = get_encoder(name)
     source = resolve(name, _weights_or_default(info, weights), info.hub_repo) if info.needs_weights else None
@@ -87,7 +90,10 @@ def load_encoder(name: str, weights: str | None = None, size: int | None = None,
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # radstore shows its own progress; keep logs readable
-    return info.load(name, source, size, bits)
+    encoder = info.load(name, source, size, bits)
+    if intensity is not None:
+        encoder.preprocessing = encoder.preprocessing.with_overrides(intensity=intensity)
+    return encoder
 
 
 _discover()

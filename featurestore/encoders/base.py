@@ -11,7 +11,9 @@ from typing import Any
 import torch
 
 from featurestore.encoders.preprocess import Preprocessing
+from featurestore.encoders.weights import WeightFiles
 from featurestore.featureset import FeatureSetSpec
+from featurestore.featureset.spec import FILES_SCHEME, MODULE_SCHEME
 
 
 @dataclass
@@ -35,6 +37,9 @@ class Encoder(ABC):
     extra_globals: dict[str, int] = {}
     device: torch.device = torch.device("cpu")
     module: torch.nn.Module | None = None  # the weights; None for weight-free controls
+    #: The checkpoint files ``module`` was loaded from (set by the loader): the fingerprint is
+    #: taken from them. None for a module built in memory, fingerprinted from its state_dict.
+    weight_files: WeightFiles | None = None
     #: Manifest columns :meth:`input_for` reads besides the pixels (a mask column's paths arrive
     #: resolved); empty for every encoder of images.
     manifest_columns: tuple[str, ...] = ()
@@ -51,8 +56,29 @@ class Encoder(ABC):
     @functools.cached_property
     def fingerprint(self) -> str:
         """Short hash of the loaded weights ("none" for a weight-free control): part of the feature set's
-        identity, so other weights under the same encoder name never share a feature set."""
-        return fingerprint_module(self.module) if self.module is not None else "none"
+        identity, so other weights under the same encoder name never share a feature set. Taken from
+        the checkpoint files as stored (:class:`WeightFiles`), so that an upgrade of the library
+        that builds the module cannot change it; from the module only when there are no files."""
+        if self.module is None:
+            return "none"
+        if self.weight_files is not None:
+            return self.weight_files.fingerprint()
+        return self.legacy_fingerprint
+
+    @property
+    def fingerprint_scheme(self) -> str | None:
+        """How :attr:`fingerprint` was computed: FILES_SCHEME, MODULE_SCHEME, or None without weights."""
+        if self.module is None:
+            return None
+        return FILES_SCHEME if self.weight_files is not None else MODULE_SCHEME
+
+    @functools.cached_property
+    def legacy_fingerprint(self) -> str | None:
+        """The fingerprint radstore recorded for these weights before it read them from the files
+        (:func:`fingerprint_module`; None without weights): how a store written then finds its
+        feature sets (:meth:`featurestore.store.Store.create_feature_set`). Computed on first use
+        only, since it hashes the whole module."""
+        return fingerprint_module(self.module) if self.module is not None else None
 
     def to(self, device: torch.device | str) -> Encoder:
         """Move the weights to ``device`` and remember it as where ``embed`` expects its batches; returns
@@ -82,11 +108,14 @@ class Encoder(ABC):
             dtype=dtype,
             extra_globals=dict(self.extra_globals),
             labels=dict(self.labels),
+            fingerprint_scheme=self.fingerprint_scheme,
         )
 
 
 def fingerprint_module(module: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer, in name order: the same weights, the same id."""
+    """sha256 of every parameter and buffer of the module in memory, in name order (scheme
+    ``module-state-dict``): what radstore used before :class:`WeightFiles`. The names are the
+    library's, which may change between its versions; kept to find feature sets written with it."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import zlib
+from pathlib import Path
 
 import torch
 
 from featurestore.encoders.base import EmbedOutput, Encoder
-from featurestore.encoders.preprocess import PROCESSOR_CONFIG, Preprocessing, from_processor_config
+from featurestore.encoders.preprocess import PARITY, PROCESSOR_CONFIG, Preprocessing, from_processor_config
 from featurestore.encoders.registry import register
-from featurestore.encoders.weights import WeightsSource, cache_dir
+from featurestore.encoders.weights import WeightFiles, WeightsSource, cache_dir, from_pretrained, transformers_weight_files
 
 RAD_DINO_PREPROCESSING = Preprocessing(size=518, mean=(0.5307,) * 3, std=(0.2583,) * 3, resize="shortest_edge_crop")
 #: ``microsoft/rad-dino``'s published ``preprocessor_config.json`` (BitImageProcessor): written
@@ -90,14 +91,21 @@ class Dinov2Encoder(Encoder):
         """Load from the source's folder offline, or from a seeded random model saved for ``random`` /
         ``random:tiny``; picks the registers class when the config has register tokens. The
         preprocessing is the folder's ``preprocessor_config.json`` (RAD-DINO's published values,
-        with a warning, when it has none); ``size`` overrides its crop size."""
+        with a warning, when it has none); ``size`` overrides its crop size.
+
+        Only the transformers checkpoint (``model.safetensors``, or its shards) is read and
+        fingerprinted; RAD-DINO's ``backbone_compatible.safetensors`` (the same weights under the
+        original DINOv2 names) and ``dino_head.safetensors`` (the training head) beside it are not."""
         from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel
 
         folder = str(source.path) if source.path else build_random(source.kind, name)
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         model_cls = Dinov2WithRegistersModel if getattr(config, "num_register_tokens", 0) else Dinov2Model
         pre = from_processor_config(folder, RAD_DINO_PREPROCESSING)
-        return cls(name, model_cls.from_pretrained(folder, local_files_only=True), size, bits, source.label, pre)
+        model = from_pretrained(model_cls, folder, optional=("embeddings.mask_token",))  # masked image modelling only
+        encoder = cls(name, model, size, bits, source.label, pre)
+        encoder.weight_files = WeightFiles(transformers_weight_files(Path(folder)))
+        return encoder
 
     def embed(self, batch: torch.Tensor) -> EmbedOutput:
         """Global = ``pooler_output`` [B, D]; patches = the tokens after [CLS] and the registers as the
@@ -110,6 +118,7 @@ class Dinov2Encoder(Encoder):
     "rad-dino",
     hub_repo="microsoft/rad-dino",
     order=0,
+    processor=f"transformers `BitImageProcessor` from the folder's `preprocessor_config.json`; {PARITY}",
     summary=(
         "`microsoft/rad-dino`, transformers `Dinov2Model` | "
         "shortest edge 518 bicubic, centre crop 518, mean 0.5307 / std 0.2583 | "
@@ -122,6 +131,7 @@ class Dinov2Encoder(Encoder):
     default_weights="random",
     order=4,
     control="negative",
+    processor="as rad-dino",
     summary=("control: `Dinov2Model` ViT-B/14 at 518, random weights (seeded from the name and seed 0) | as rad-dino | 768 | 37x37x768"),
 )
 def load(name: str, source: WeightsSource, size: int | None = None, bits: int | None = None) -> Dinov2Encoder:

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from featurestore.encoders.base import EmbedOutput, Encoder
-from featurestore.encoders.preprocess import Preprocessing
+from featurestore.encoders.preprocess import PARITY, Preprocessing
 from featurestore.encoders.registry import register
-from featurestore.encoders.weights import WeightsSource, cache_dir
+from featurestore.encoders.weights import MissingWeightsError, WeightFiles, WeightsSource, cache_dir
 
 HUB_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -79,28 +79,60 @@ def build_random(kind: str, name: str, seed: int = 0) -> str:
     return str(folder)
 
 
+def checkpoint_of(folder: Path) -> Path:
+    """The checkpoint open_clip itself would load from ``folder`` (its own preference among
+    ``*.safetensors``, ``*.bin``, ``*.pth``); raises MissingWeightsError when there is none."""
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    ckpt = _find_checkpoint_in_dir(folder)
+    if ckpt is None:
+        raise MissingWeightsError(f"{folder} has no checkpoint (*.safetensors, *.bin, *.pth)")
+    return Path(ckpt)
+
+
 def load_visual(folder: Path) -> tuple[torch.nn.Module, dict]:
-    """open_clip's image tower from a local folder, without touching the text tower."""
-    from open_clip.factory import _find_checkpoint_in_dir, load_state_dict
+    """open_clip's image tower from a local folder, without building the text tower: the
+    checkpoint's ``visual.*`` tensors, all of them (strict); its text tower's tensors (BiomedCLIP's
+    BERT, integer buffers included) and ``logit_scale`` are read and dropped."""
+    from open_clip.factory import load_state_dict
     from open_clip.model import _build_vision_tower
 
     cfg_path = folder / "open_clip_config.json"
     if not cfg_path.exists():
-        from featurestore.encoders.weights import MissingWeightsError
-
         raise MissingWeightsError(f"{folder} has no open_clip_config.json: not an open_clip model folder")
     cfg = json.loads(cfg_path.read_text())
     model_cfg = cfg["model_cfg"]
-    ckpt = _find_checkpoint_in_dir(folder)
-    if ckpt is None:
-        from featurestore.encoders.weights import MissingWeightsError
-
-        raise MissingWeightsError(f"{folder} has no checkpoint (*.safetensors, *.bin, *.pth)")
+    ckpt = checkpoint_of(folder)
     visual = _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"])
-    state = load_state_dict(ckpt)
+    state = load_state_dict(str(ckpt))
     vis = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
     visual.load_state_dict(vis, strict=True)
     return visual.eval(), cfg
+
+
+def preprocess_from_config(pre: dict, size: int, bits: int = 8) -> Preprocessing:
+    """open_clip's eval transform (``image_transform``) as described by ``open_clip_config.json``'s
+    ``preprocess_cfg``: ``resize_mode`` "shortest" (torchvision ``Resize`` of the shortest edge +
+    ``CenterCrop``, whose offset rounds) or "squash", ``interpolation``, mean and std (OpenAI
+    CLIP's when absent, as open_clip's own default)."""
+    from featurestore.errors import RadstoreError
+
+    mode = pre.get("resize_mode", "shortest")
+    if mode not in ("shortest", "squash"):
+        raise RadstoreError(f"open_clip resize_mode {mode!r} is not supported by radstore (use 'shortest' or 'squash')")
+    interpolation = pre.get("interpolation", "bicubic")
+    if interpolation not in ("bicubic", "bilinear"):
+        raise RadstoreError(f"open_clip interpolation {interpolation!r} is not supported by radstore (use 'bicubic' or 'bilinear')")
+    return Preprocessing(
+        size=size,
+        mean=tuple(pre.get("mean", OPENAI_MEAN)),
+        std=tuple(pre.get("std", OPENAI_STD)),
+        resize="shortest_edge_crop" if mode == "shortest" else "squash",
+        interpolation=interpolation,
+        crop_offset="round",
+        resampler="pil",  # torchvision's Resize on a PIL image calls Image.resize
+        bits=bits,
+    )
 
 
 class OpenClipEncoder(Encoder):
@@ -114,13 +146,12 @@ class OpenClipEncoder(Encoder):
         embed_dim: int,
         size: int = 224,
         bits: int = 8,
-        mean=OPENAI_MEAN,
-        std=OPENAI_STD,
         weights_label: str = "unknown",
+        preprocess_cfg: dict | None = None,
     ):
         self.visual = self.module = visual.eval()
         self.name = name
-        self.preprocessing = Preprocessing(size=size, mean=mean, std=std, resize="shortest_edge_crop", bits=bits)
+        self.preprocessing = preprocess_from_config(preprocess_cfg or {}, size, bits)
         trunk = self.visual.trunk
         width = trunk.embed_dim
         ph, pw = trunk.patch_embed.patch_size
@@ -142,17 +173,17 @@ class OpenClipEncoder(Encoder):
             from featurestore.errors import RadstoreError
 
             raise RadstoreError(f"{name}: the timm tower has fixed {native}x{native} position embeddings; --size {size} is not supported")
-        pre = cfg.get("preprocess_cfg", {})
-        return cls(
-            name,
-            visual,
-            cfg["model_cfg"]["embed_dim"],
-            native,
-            bits,
-            tuple(pre.get("mean", OPENAI_MEAN)),
-            tuple(pre.get("std", OPENAI_STD)),
-            source.label,
-        )
+        if "preprocess_cfg" not in cfg:
+            import warnings
+
+            warnings.warn(
+                f"{folder}/open_clip_config.json has no preprocess_cfg: using open_clip's defaults (OpenAI CLIP mean/std, "
+                "shortest-edge resize, bicubic); add it if the weights expect others",
+                stacklevel=2,
+            )
+        encoder = cls(name, visual, cfg["model_cfg"]["embed_dim"], native, bits, source.label, cfg.get("preprocess_cfg", {}))
+        encoder.weight_files = WeightFiles((checkpoint_of(folder),), tower="visual.")
+        return encoder
 
     def embed(self, batch: torch.Tensor) -> EmbedOutput:
         """One pass through the trunk gives all three outputs: projected global, trunk [CLS] (in
@@ -167,6 +198,7 @@ class OpenClipEncoder(Encoder):
     "biomedclip",
     hub_repo=HUB_REPO,
     order=2,
+    processor=f"open_clip `image_transform` (eval) from `open_clip_config.json`; {PARITY}",
     summary=(
         "`microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`, open_clip timm ViT-B/16 | "
         "224, OpenAI CLIP mean/std | "

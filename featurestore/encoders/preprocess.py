@@ -1,11 +1,23 @@
 """Encoder input preprocessing: part of a feature set's identity.
 
 Input is the reader's float32 [0, 1] greyscale image. Steps, each a field of
-:class:`Preprocessing`: optional 8-bit quantisation (``bits=8`` reproduces what a Hugging Face
-image processor sees when fed an 8-bit export; ``bits=16`` keeps the full depth), resize
-(``shortest_edge_crop``: shortest edge to ``resize_to`` then centre crop ``size``, as
-RAD-DINO's processor; ``squash``: plain resize to ``size`` x ``size``, as the study ran
-CheXagent), bicubic with antialiasing, replication to 3 channels, normalisation.
+:class:`Preprocessing`: the intensity rule (``window``: the reader's display pipeline as is;
+``minmax``: the study's per-image min-max stretch), optional 8-bit quantisation (``bits=8``
+reproduces what a Hugging Face or open_clip image processor sees when fed an 8-bit export;
+``bits=16`` keeps the full depth), resize (``shortest_edge_crop``: shortest edge to
+``resize_to`` then centre crop ``size``, as RAD-DINO's and BiomedCLIP's processors;
+``squash``: plain resize to ``size`` x ``size``, as SigLIP's), bicubic with antialiasing,
+replication to 3 channels, normalisation.
+
+An 8-bit input is resized by the library its model's processor resizes with
+(:attr:`Preprocessing.resampler`: torchvision for transformers' image processors, Pillow for
+open_clip's); a 16-bit input by torch's antialiased interpolation in float, which agrees with
+both kernels up to their 8-bit rounding.
+The geometry rounds as the models' own processors do, so the same pixels reach the model:
+the resized long edge is ``int(edge * long / short)`` (transformers'
+``get_resize_output_image_size`` and torchvision's ``Resize`` both truncate) and the crop
+offset is floored (transformers' ``center_crop``) or rounded half to even (torchvision's
+``CenterCrop``, which open_clip uses), per :attr:`Preprocessing.crop_offset`.
 """
 
 from __future__ import annotations
@@ -17,7 +29,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from featurestore.config import INTENSITIES
+
 RESIZE_MODES = ("shortest_edge_crop", "squash")
+#: How the resized long edge and the crop offset round: "floor" (truncate) or "round" (Python's round).
+ROUNDINGS = ("floor", "round")
+#: How a 16-bit PNG/TIFF maps to [0, 1]: ``significant`` (sBIT, else inferred from the maximum,
+#: see :func:`featurestore.imageio.significant_bits`) or ``container`` (divide by 65535).
+DEPTH_RULES = ("significant", "container")
+#: Values a record written before a field existed was made with: read back as such, so an old
+#: feature set describes what it did and keeps its id.
+LEGACY = {"long_edge": "round", "crop_offset": "floor", "intensity": "window", "depth_rule": "container", "resampler": "torch"}
+#: Who resizes an 8-bit input, as the model's own processor does: ``torchvision`` (transformers'
+#: default image processors resize the uint8 tensor with ``torchvision...functional.resize``,
+#: antialiased), ``pil`` (open_clip's transform and transformers' ``*Pil`` processors hand a PIL
+#: image to ``Image.resize``: two passes, each rounded to 8 bits and clipped) or ``torch`` (one
+#: float pass; what 16-bit input always gets, and what radstore once did).
+RESAMPLERS = ("torchvision", "pil", "torch")
 
 
 @dataclass(frozen=True)
@@ -32,20 +60,30 @@ class Preprocessing:
     resize_to: int | None = None  # shortest edge before the crop; default: size
     interpolation: str = "bicubic"
     bits: int = 8
+    long_edge: str = "floor"  # the resized long edge: truncated, as transformers and torchvision
+    crop_offset: str = "floor"  # "floor": transformers' center_crop; "round": torchvision's CenterCrop
+    intensity: str = "window"
+    depth_rule: str = "significant"
+    resampler: str = "torchvision"  # who resizes 8-bit input (RESAMPLERS); 16-bit input: always torch
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.bits not in (8, 16):
             raise ValueError(f"bits must be 8 or 16, got {self.bits}")
+        for name, allowed in (("long_edge", ROUNDINGS), ("crop_offset", ROUNDINGS), ("intensity", INTENSITIES),
+                              ("depth_rule", DEPTH_RULES), ("resampler", RESAMPLERS)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.size < 8:
             raise ValueError(f"input size {self.size} is too small")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 
-    def with_overrides(self, size: int | None = None, bits: int | None = None) -> Preprocessing:
-        """The study's ablations: another input resolution or bit depth is another feature set."""
-        out = self
+    def with_overrides(self, size: int | None = None, bits: int | None = None, intensity: str | None = None) -> Preprocessing:
+        """The study's ablations: another input resolution, bit depth or intensity rule is another
+        feature set."""
+        out = self if intensity is None else replace(self, intensity=intensity)
         if size is not None and size != self.size:
             # Keep the resize/crop ratio: RAD-DINO resizes the shortest edge to the crop size.
             ratio = (self.resize_to or self.size) / self.size
@@ -66,33 +104,89 @@ class Preprocessing:
         aa = mode in ("bilinear", "bicubic")
         if self.resize == "squash":
             return F.interpolate(t, size=(self.size, self.size), mode=mode, antialias=aa, align_corners=False if aa else None)
-        edge = self.resize_to or self.size
-        scale = edge / min(h, w)
-        nh, nw = max(edge, round(h * scale)), max(edge, round(w * scale))
+        nh, nw = self.resized_shape(h, w)
         t = F.interpolate(t, size=(nh, nw), mode=mode, antialias=aa, align_corners=False if aa else None)
-        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        top, left = self._offset(nh), self._offset(nw)
         return t[..., top : top + self.size, left : left + self.size]
+
+    def resized_shape(self, h: int, w: int) -> tuple[int, int]:
+        """(height, width) after the resize step, before any crop."""
+        if self.resize == "squash":
+            return self.size, self.size
+        edge = self.resize_to or self.size
+        if self.long_edge == "round":  # records written before radstore matched the processors
+            scale = edge / min(h, w)
+            return max(edge, round(h * scale)), max(edge, round(w * scale))
+        if h <= w:  # the libraries' own formula, float division then truncation
+            return edge, int(edge * w / h)
+        return int(edge * h / w), edge
+
+    def _geometry_8bit(self, u8: torch.Tensor) -> torch.Tensor:
+        """The resize and crop of an 8-bit [H, W] image by the library the model's processor uses
+        (:data:`RESAMPLERS`), -> [size, size] float32 in [0, 1]."""
+        h, w = u8.shape
+        nh, nw = self.resized_shape(h, w)
+        if self.resampler == "pil":
+            from PIL import Image
+
+            im = Image.fromarray(u8.numpy(), "L").resize((nw, nh), resample=PIL_RESAMPLE[self.interpolation])
+            out = torch.from_numpy(np.array(im))
+        else:
+            from torchvision.transforms.v2 import InterpolationMode
+            from torchvision.transforms.v2 import functional as tvF
+
+            mode = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
+            out = tvF.resize(u8[None], [nh, nw], interpolation=mode, antialias=True)[0]
+        top, left = (0, 0) if self.resize == "squash" else (self._offset(nh), self._offset(nw))
+        return out[top : top + self.size, left : left + self.size].to(torch.float32) / 255.0
+
+    def _offset(self, n: int) -> int:
+        if self.crop_offset == "round":
+            return int(round((n - self.size) / 2.0))
+        return (n - self.size) // 2
+
+    def decode_options(self) -> dict[str, Any]:
+        """What :func:`featurestore.imageio.read_image` needs to decode for this preprocessing."""
+        levels = 255 if self.intensity == "minmax" and self.bits == 8 else None  # the study's uint8, exactly
+        return {"intensity": self.intensity, "depth_rule": self.depth_rule, "levels": levels}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Preprocessing:
-        """Rebuild from :meth:`to_json` output; unknown keys are ignored and missing ones take their
-        defaults, so records written by another version still load."""
+        """Rebuild from :meth:`to_json` output; unknown keys are ignored and a missing field takes the
+        value radstore used before the field existed (:data:`LEGACY`), so an old record still
+        loads and still describes the geometry its embeddings were made with."""
         keys = cls.__dataclass_fields__.keys()
-        return cls(**{k: v for k, v in d.items() if k in keys})
+        return cls(**{**LEGACY, **{k: v for k, v in d.items() if k in keys}})
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         """[H, W] float in [0, 1] -> normalised [3, size, size] float32."""
         t = torch.as_tensor(pixels, dtype=torch.float32)[None, None]
-        if self.bits == 8:
-            t = torch.round(t * 255.0) / 255.0
-        t = self.geometry(t, self.interpolation).clamp_(0.0, 1.0)[0].expand(3, -1, -1)
+        if self.intensity == "minmax":  # the study's per-image stretch (before its uint8 cast)
+            lo, hi = t.amin(), t.amax()
+            t = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
+        if self.bits == 8 and self.resampler != "torch":
+            t = self._geometry_8bit(torch.round(t[0, 0] * 255.0).to(torch.uint8))
+        else:
+            if self.bits == 8:
+                t = torch.round(t * 255.0) / 255.0
+            t = self.geometry(t, self.interpolation).clamp_(0.0, 1.0)[0, 0]
+        t = t.expand(3, -1, -1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return ((t - mean) / std).contiguous()
 
 
+#: What the parity test (tests/featurestore/encoders/test_processor_parity.py) asserts of every
+#: encoder whose registry entry names a reference processor; the README's encoder table says it.
+PARITY = (
+    "8-bit input (the default) equal to it: max difference < 1e-5 of the input range over 52 images "
+    "(8/16-bit PNG, DICOM, 199-3000 px); `--bits 16` differs by design (up to 6/255)"
+)
+
+
 #: A transformers image processor's ``resample`` code -> the interpolation radstore uses.
 RESAMPLE = {2: "bilinear", 3: "bicubic"}
+PIL_RESAMPLE = {name: code for code, name in RESAMPLE.items()}  # Pillow's codes are the same numbers
 PROCESSOR_CONFIG = "preprocessor_config.json"
 
 

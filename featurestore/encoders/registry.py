@@ -31,12 +31,13 @@ class EncoderInfo:
     order: int = 100  # position in the study's default grid and in listings
     summary: str = ""  # "model | input | global embedding | patch grid", for the README table
     control: str | None = None  # "negative" (no model: pixels, random-vit), "positive" (planted), None
+    processor: str = ""  # the reference preprocessing its model input equals (README table; parity test)
 
     def describe(self) -> dict[str, Any]:
         """The encoder's ``summary`` split into the README table's columns (model, input, global, patches)."""
         model, size, glob, patches = (self.summary.split("|") + [""] * 4)[:4]
         return {"name": self.name, "model": model.strip(), "input": size.strip(), "global": glob.strip(),
-                "patches": patches.strip()}  # fmt: skip
+                "patches": patches.strip(), "processor": self.processor or "-"}  # fmt: skip
 
 
 ENCODERS: dict[str, EncoderInfo] = {}
@@ -56,14 +57,14 @@ def display_name(name: str) -> str:
 
 
 def register(name: str, *, hub_repo: str | None = None, needs_weights: bool = True, default_weights: str | None = None,
-             order: int = 100, summary: str = "", control: str | None = None):  # fmt: skip
+             order: int = 100, summary: str = "", control: str | None = None, processor: str = ""):  # fmt: skip
     """Decorator registering ``load(name, source, size, bits) -> Encoder`` as encoder ``name``;
     ``control`` marks a control ("negative" or "positive"), named so wherever it appears."""
     if control not in CONTROLS:
         raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
 
     def deco(load: Callable[..., Encoder]) -> Callable[..., Encoder]:
-        ENCODERS[name] = EncoderInfo(name, load, hub_repo, needs_weights, default_weights, order, summary, control)
+        ENCODERS[name] = EncoderInfo(name, load, hub_repo, needs_weights, default_weights, order, summary, control, processor)
         _sort()
         return load
 
@@ -91,5 +92,9 @@ def encoder_names() -> tuple[str, ...]:
 def readme_table() -> str:
     """The README's encoder table (a test checks the README holds it)."""
     rows = [ENCODERS[n].describe() for n in ENCODERS]
-    head = "| `--encoder` | model (library class) | input | global embedding | patch grid |\n|---|---|---|---|---|\n"
-    return head + "".join(f"| `{r['name']}` | {r['model']} | {r['input']} | {r['global']} | {r['patches']} |\n" for r in rows)
+    head = (
+        "| `--encoder` | model (library class) | input | global embedding | patch grid | model input equals |\n|---|---|---|---|---|---|\n"
+    )
+    return head + "".join(
+        f"| `{r['name']}` | {r['model']} | {r['input']} | {r['global']} | {r['patches']} | {r['processor']} |\n" for r in rows
+    )

@@ -311,4 +311,6 @@ class FeatureSet:
             "images": len(self),
             "bytes": self.loc.du(),
             "labels": self.spec.labels,
+            "weights_fingerprint": self.spec.weights_fingerprint,
+            "fingerprint_scheme": self.spec.scheme_name,
         }

@@ -17,6 +17,15 @@ from featurestore.errors import FeatureSetError
 SUPPORTED_DTYPES = ("float16", "float32")
 CODECS = ("none", "zstd")
 
+#: How ``weights_fingerprint`` was computed (:attr:`FeatureSetSpec.fingerprint_scheme`):
+#: ``files-v1`` hashes the tensors as stored in the checkpoint files
+#: (:class:`featurestore.encoders.weights.WeightFiles`); ``module-state-dict`` the module's
+#: in-memory ``state_dict()``, whose names a library upgrade can change. Feature sets written
+#: before the scheme was recorded used the latter.
+FILES_SCHEME = "files-v1"
+MODULE_SCHEME = "module-state-dict"
+SCHEME_NAMES = {FILES_SCHEME: "files-v1", MODULE_SCHEME: "legacy module state_dict"}
+
 
 @dataclass(frozen=True)
 class FeatureSetSpec:
@@ -35,6 +44,10 @@ class FeatureSetSpec:
     sharded: bool = True  # False: one chunk object per image, committed in groups of shard_images
     codec: str = "none"
     labels: dict[str, Any] = field(default_factory=dict)  # e.g. {"weights": "random:tiny"}
+    # How weights_fingerprint was computed (FILES_SCHEME, MODULE_SCHEME; None: not recorded, as in
+    # feature sets written before it was, or no weights). Not part of the id: the fingerprint's
+    # value is, and a new scheme gives a new value.
+    fingerprint_scheme: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -77,10 +90,22 @@ class FeatureSetSpec:
         """Bytes of one stored patch grid: the unit of every direct shard read and write."""
         return int(np.prod(self.grid)) * np.dtype(self.dtype).itemsize
 
+    @property
+    def scheme_name(self) -> str:
+        """How ``radstore store info`` names the fingerprint's scheme: "files-v1", "legacy module
+        state_dict" (also for a feature set that recorded none, as every one written before the
+        scheme was recorded), or "none" for a weight-free encoder."""
+        if self.fingerprint_scheme is not None:
+            return SCHEME_NAMES.get(self.fingerprint_scheme, self.fingerprint_scheme)
+        return "none" if self.weights_fingerprint == "none" else SCHEME_NAMES[MODULE_SCHEME]
+
     def to_json(self) -> dict[str, Any]:
-        """The form stored in feature_set.json."""
+        """The form stored in feature_set.json; ``fingerprint_scheme`` only when set, so a spec
+        without one is stored as before it existed."""
         d = asdict(self)
         d["grid"] = list(self.grid)
+        if d["fingerprint_scheme"] is None:
+            del d["fingerprint_scheme"]
         return d
 
     @classmethod

@@ -25,6 +25,11 @@ A store is one directory or one object-store prefix::
         .tmp/<host>-<pid>-<token>.partial local stores only: files being written, renamed into
                                           place when whole (a dead writer's are swept)
         .lock                             local stores only: serialises the array's growth
+      aliases/<feature_set_id>.json       an id that resolves to an existing feature set, created
+                                          once, atomically: {"feature_set_id", "alias_of", "reason",
+                                          "fingerprint_scheme", "weights_fingerprint",
+                                          "legacy_fingerprint", "created_at", "created_by"}
+                                          (see "Weights fingerprints" below)
       runs/<run_id>/                      one trained head (records.RunRecord), immutable
         run.json                          the record; written last: the run exists from here on
         head.pt                           the head's state dict (torch.save)
@@ -34,6 +39,15 @@ A store is one directory or one object-store prefix::
       metrics/<eval_id>/                  one evaluation version (records.EvaluationRecord)
         metrics.parquet, comparisons.parquet, per_image.parquet, folds.parquet  (EVAL_TABLES)
         eval.json                         the record; written last: the version exists from here on
+
+Weights fingerprints. ``feature_set.json``'s spec records ``weights_fingerprint`` and, from
+the ``files-v1`` scheme on, ``fingerprint_scheme``: ``files-v1`` hashes the tensors as stored in
+the checkpoint files (names, dtypes, shapes, bytes), so a library that renames its modules
+cannot change a feature set id; a spec without the key was fingerprinted from the module's
+in-memory ``state_dict()`` (``module-state-dict``). When an extraction's new id has no feature
+set but the same spec under the encoder's legacy fingerprint has one, that feature set is used
+and ``aliases/<new id>.json`` is created naming it (``alias_of``); the store then resolves the
+new id to it without recomputing the legacy fingerprint. No existing file is rewritten.
 
 Commit protocol (why readers never see torn rows):
 
@@ -91,6 +105,7 @@ from featurestore.layout.identity import (
     feature_set_id,
 )
 from featurestore.layout.paths import (
+    ALIASES_DIR,
     CLAIMS_DIR,
     CLS_DIR,
     COMMITTED_DIR,
@@ -117,6 +132,7 @@ from featurestore.layout.paths import (
     STORE_JSON,
     TARGET_MASKS,
     TMP_DIR,
+    alias_name,
     claim_name,
     cls_part_name,
     committed_index_name,
@@ -154,6 +170,7 @@ from featurestore.layout.schemas import (
 from featurestore.layout.shard import ShardIndex
 
 __all__ = [
+    "ALIASES_DIR",
     "CLAIMS_DIR",
     "CLS_DIR",
     "CLS_RESERVED",
@@ -200,6 +217,7 @@ __all__ = [
     "TARGET_MASKS",
     "TARGET_SHARD_BYTES",
     "TMP_DIR",
+    "alias_name",
     "check_format_version",
     "claim_name",
     "choose_shard_images",

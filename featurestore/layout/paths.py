@@ -32,6 +32,9 @@ TMP_DIR = ".tmp"
 PARTIAL_SUFFIX = ".partial"
 DIMENSION_NAMES = ("image", "channel", "y", "x")
 
+# aliases/<feature_set_id>.json: another id under which an existing feature set is found
+ALIASES_DIR = "aliases"
+
 # runs/<run_id>/
 RUNS_DIR = "runs"
 RUN_JSON = "run.json"
@@ -65,6 +68,11 @@ def rejects_part_name() -> str:
 def cls_part_name(shard: int, token: str) -> str:
     """The cls part that commits ``shard`` (``token`` keeps two writers' parts apart)."""
     return f"shard-{shard:08d}-{token}.parquet"
+
+
+def alias_name(feature_set_id: str) -> str:
+    """The alias record of ``feature_set_id``: it names the feature set that id resolves to."""
+    return f"{feature_set_id}.json"
 
 
 def claim_name(shard: int) -> str:

@@ -31,9 +31,12 @@ IMAGES_SCHEMA = pa.schema(
         ("photometric", pa.string()),
         ("ingested_at", UTC_MS),
         ("manifest", pa.string()),  # the manifest it came from: training joins labels and masks there
+        # where bits_stored came from (sBIT, max-value, BitsStored, 8-bit...; imageio's docstring);
+        # added later: parts written without it read as null
+        ("bits_rule", pa.string()),
     ]
 )
-IMAGES_DICTIONARY_COLUMNS = ["format", "photometric", "split"]
+IMAGES_DICTIONARY_COLUMNS = ["format", "photometric", "split", "bits_rule"]
 
 INGEST_ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("run_at", UTC_MS)])
 

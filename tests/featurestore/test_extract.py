@@ -68,6 +68,64 @@ def test_embeddings_equal_a_direct_forward(cohort, tmp_path):
     assert sha[ids[0]] == read_image(m.resolve(rows[0]["path"])).meta.sha256
 
 
+def _study_input(path: str) -> np.ndarray:
+    """The study's intensity rule written out independently: the file's stored values (DICOM:
+    after the modality LUT), min-max stretched to uint8; MONOCHROME1 inverted to bright = dense."""
+    import pydicom
+    from PIL import Image
+    from pydicom.pixels import apply_modality_lut
+
+    if path.endswith(".dcm"):
+        ds = pydicom.dcmread(path)
+        raw = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+        invert = ds.PhotometricInterpretation == "MONOCHROME1"
+    else:
+        raw, invert = np.asarray(Image.open(path), dtype=np.float64), False
+    u8 = np.round((raw - raw.min()) / (raw.max() - raw.min()) * 255)
+    return (255 - u8 if invert else u8).astype(np.uint8)
+
+
+def test_minmax_intensity_reproduces_the_studys_inputs(cohort, tmp_path):
+    """``intensity="minmax"`` is a distinct feature set whose embeddings equal the model's forward
+    on the study's own input: the min-max uint8 image through transformers' BitImageProcessor
+    read from the weights folder (an oracle that shares no code with radstore's pipeline)."""
+    import torch
+    from PIL import Image
+    from transformers import BitImageProcessor
+
+    from featurestore.encoders.dinov2 import build_random
+    from featurestore.extract import encoder_for
+
+    store = Store.open(str(tmp_path / "s"), create=True)
+    window = extract(str(cohort), store, _cfg("rad-dino", dtype="float32"))
+    cfg = _cfg("rad-dino", dtype="float32", intensity="minmax")
+    minmax = extract(str(cohort), store, cfg)
+    assert window.feature_set_id != minmax.feature_set_id and minmax.done == COHORT.n
+    fs = store.feature_set(minmax.feature_set_id)
+    assert fs.spec.preprocessing["intensity"] == "minmax"
+    proc = BitImageProcessor.from_pretrained(build_random("random:tiny", "rad-dino"))
+    m = load_manifest(str(cohort))
+    rows = [r for r in m.table.to_pylist() if r["path"].endswith(".png")][:2] + [
+        r for r in m.table.to_pylist() if r["path"].endswith(".dcm")
+    ][:4]
+    x = torch.cat(
+        [proc(Image.fromarray(_study_input(m.resolve(r["path"]))).convert("RGB"), return_tensors="pt").pixel_values for r in rows]
+    )
+    with torch.inference_mode():
+        out = encoder_for(cfg).embed(x)
+    # The inputs: radstore's minmax pipeline gives the oracle's exactly; the window pipeline does not.
+    std = 0.2583
+    for mode, c in (("minmax", cfg), ("window", _cfg("rad-dino", dtype="float32"))):
+        pre = encoder_for(c).preprocessing
+        ours_x = torch.stack([pre(read_image(m.resolve(r["path"]), **pre.decode_options()).pixels) for r in rows])
+        diff = float((ours_x - x).abs().max()) * std
+        assert diff <= 1e-5 if mode == "minmax" else diff > 8 / 255, (mode, diff * 255)
+    # The stored embeddings (float32): the model's forward on the oracle's input.
+    got = dict(zip(*(fs.cls().column(c).to_pylist() for c in ("image_id", "cls"))))
+    ours = np.array([got[r["image_id"]] for r in rows])
+    np.testing.assert_allclose(ours, out.global_.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_rerun_skips_second_resolution_is_distinct_and_backfill_does_only_new(cohort, tmp_path):
     store = Store.open(str(tmp_path / "s"), create=True)
     first = extract(str(cohort), store, _cfg("pixels"))

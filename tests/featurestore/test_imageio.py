@@ -142,6 +142,76 @@ def test_png_8_and_16_bit(tmp_path, ramp, mode, bits):
     np.testing.assert_allclose(img.pixels, arr / top, atol=1e-6)
 
 
+def _png16(path, arr: np.ndarray, sbit: int | None = None, tiff: bool = False):
+    from PIL import PngImagePlugin
+
+    if tiff:
+        Image.fromarray(arr).save(path)
+        return path
+    info = PngImagePlugin.PngInfo()
+    if sbit is not None:
+        info.add(b"sBIT", bytes([sbit]))
+    Image.fromarray(arr).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize(
+    "top,sbit,bits,rule",
+    [
+        (4095, 12, 12, "sBIT"),  # 12-bit data, declared
+        (4095, None, 12, "max-value"),  # 12-bit data, undeclared: the maximum tells
+        (3000, 12, 12, "sBIT"),  # a dark 12-bit image: the declaration wins over the maximum
+        (3000, None, 12, "max-value"),
+        (900, None, 10, "max-value"),
+        (65535, None, 16, "max-value"),
+        (16383, 14, 14, "sBIT"),
+        (8000, 12, 14, "max-value"),  # data exceed the declared depth: the declaration is wrong
+    ],
+)
+def test_16bit_png_scaled_by_its_significant_bits(tmp_path, ramp, top, sbit, bits, rule):
+    """Known answer: ``top * ramp`` stored in a 16-bit PNG comes back as ``value / (2**bits - 1)``,
+    with ``bits`` from sBIT when declared (and consistent), else from the maximum."""
+    arr = np.round(ramp * top).astype(np.uint16)
+    img = read_image(str(_png16(tmp_path / "x.png", arr, sbit)))
+    assert (img.meta.bits_stored, img.meta.bits_rule) == (bits, rule)
+    np.testing.assert_allclose(img.pixels, arr / (2**bits - 1), atol=1e-6)
+    old = read_image(str(tmp_path / "x.png"), depth_rule="container")  # what radstore did before
+    assert old.meta.bits_rule == "container"
+    np.testing.assert_allclose(old.pixels, arr / 65535, atol=1e-6)
+
+
+def test_12bit_data_reach_the_model_with_their_full_range(tmp_path, ramp):
+    """The case that once squeezed 12-bit data into 16 grey levels: a 16-bit PNG of 12-bit data
+    now spans the 8-bit range after quantisation, as the same data in a 12-bit DICOM do."""
+    arr = np.round(ramp * 4095).astype(np.uint16)
+    for sbit in (12, None):
+        px = read_image(str(_png16(tmp_path / f"x{sbit}.png", arr, sbit))).pixels
+        assert len(np.unique(np.round(px * 255))) > 200
+    tif = read_image(str(_png16(tmp_path / "x.tif", arr, tiff=True)))
+    assert tif.meta.format == "tiff" and (tif.meta.bits_stored, tif.meta.bits_rule) == (12, "max-value")
+
+
+def test_minmax_ignores_the_window_and_stretches_the_stored_values(tmp_path, ramp):
+    """``intensity="minmax"``: the study's rule, (value - min) / (max - min) of the modality output, even
+    where the file's window would clip; MONOCHROME1 still inverted (bright = dense)."""
+    for photometric in ("MONOCHROME2", "MONOCHROME1"):
+        p = tmp_path / f"{photometric}.dcm"
+        write_dicom(p, ramp, bits_stored=12, photometric=photometric, slope=0.5, intercept=-1024.0, patient_id="P",
+                    image_id="x", seed=0, pixel_spacing=0.2)  # fmt: skip
+        ds = pydicom.dcmread(p)
+        ds.WindowWidth = float(ds.WindowWidth) / 4  # a clipping window
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        m = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+        expected = (m - m.min()) / (m.max() - m.min())
+        if photometric == "MONOCHROME1":
+            expected = 1.0 - expected
+        got = read_image(str(p), data=buf.getvalue(), intensity="minmax").pixels
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        windowed = read_image(str(p), data=buf.getvalue()).pixels
+        assert (windowed == 0).mean() > 0.1 and (got == 0).mean() < 0.01  # the window clipped, min-max did not
+
+
 def test_jpeg_and_rgb_png(tmp_path, ramp):
     arr = np.round(ramp * 255).astype(np.uint8)
     Image.fromarray(arr).save(tmp_path / "x.jpg", quality=95)

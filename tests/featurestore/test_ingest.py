@@ -35,6 +35,27 @@ def test_ingest_records_metadata_and_is_idempotent(cohort, tmp_path):
     assert store.images().num_rows == COHORT.n
 
 
+def test_images_table_records_how_the_bit_depth_was_found(tmp_path):
+    """A 16-bit PNG of 12-bit data: bits_stored 12 from its sBIT chunk, or from its maximum
+    without one; the rule used is in the table's ``bits_rule`` column."""
+    import numpy as np
+    from PIL import Image, PngImagePlugin
+
+    data = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sBIT", bytes([12]))
+    Image.fromarray(data).save(tmp_path / "sbit.png", pnginfo=info)
+    Image.fromarray(data).save(tmp_path / "plain.png")
+    Image.fromarray((data // 16).astype(np.uint8)).save(tmp_path / "eight.png")
+    pq.write_table(
+        pa.table({"image_id": ["sbit", "plain", "eight"], "path": ["sbit.png", "plain.png", "eight.png"]}), tmp_path / "m.parquet"
+    )
+    store = Store.open(str(tmp_path / "s"), create=True)
+    assert ingest(str(tmp_path / "m.parquet"), store, progress=False).ok
+    rows = {r["image_id"]: (r["bits_stored"], r["bits_rule"]) for r in store.images().to_pylist()}
+    assert rows == {"sbit": (12, "sBIT"), "plain": (12, "max-value"), "eight": (8, "8-bit")}
+
+
 def _broken_cohort(cohort, tmp_path):
     """A copy of the cohort with one of every kind of bad row."""
     root = tmp_path / "broken"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import duckdb
@@ -15,6 +16,7 @@ import zarr
 from featurestore import layout
 from featurestore.errors import FeatureSetError, StoreCorruptionError, StoreVersionError
 from featurestore.featureset import FeatureSetSpec
+from featurestore.featureset.spec import FILES_SCHEME
 from featurestore.store import Store
 from tests.conftest import TINY_DIM, TINY_GRID, batch_for
 
@@ -260,3 +262,69 @@ def test_opening_a_missing_store_says_how_to_create(tmp_path):
     (tmp_path / "junk" / "file.txt").write_text("x")
     with pytest.raises(RadstoreError, match="not empty and is not a radstore store"):
         Store.open(str(tmp_path / "junk"), create=True)
+
+
+# -- weights fingerprint schemes: a feature set written with the legacy fingerprint --------------
+
+
+def _files_spec(tiny_spec: FeatureSetSpec) -> FeatureSetSpec:
+    """tiny_spec as the files-v1 scheme fingerprints the same weights."""
+    return dataclasses.replace(tiny_spec, weights_fingerprint="files-fp", fingerprint_scheme=FILES_SCHEME)
+
+
+def test_a_legacy_feature_set_is_found_and_aliased(backend, tiny_spec):
+    """tiny_spec plays the feature set a previous version wrote (fingerprint "test-weights", no
+    scheme); the same weights fingerprinted from the files find it, with its rows."""
+    store = _open(backend)
+    old = store.create_feature_set(tiny_spec)
+    _write(old, IDS[:5])
+    new = _files_spec(tiny_spec)
+    calls = []
+
+    def legacy() -> str:
+        calls.append(1)
+        return tiny_spec.weights_fingerprint
+
+    fs = store.create_feature_set(new, legacy_fingerprint=legacy)
+    assert fs.id == old.id and len(fs) == 5 and calls == [1]
+    assert store.feature_set_ids() == [old.id]
+    record = json.loads(store.loc.read_bytes(layout.ALIASES_DIR, layout.alias_name(new.feature_set_id)))
+    assert record["alias_of"] == old.id and record["feature_set_id"] == new.feature_set_id
+    assert (record["fingerprint_scheme"], record["weights_fingerprint"], record["legacy_fingerprint"]) == (
+        "files-v1",
+        "files-fp",
+        "test-weights",
+    )
+    # Later lookups go through the alias: the legacy fingerprint is not computed again.
+    assert store.create_feature_set(new, legacy_fingerprint=legacy).id == old.id and calls == [1]
+    assert store.create_feature_set(new).id == old.id
+    assert store.feature_set(new.feature_set_id).id == old.id
+    (info,) = store.summary()["feature_sets"]
+    assert info["fingerprint_scheme"] == "legacy module state_dict"
+    assert info["aliases"] == [{"feature_set_id": new.feature_set_id, "fingerprint_scheme": "files-v1", "weights_fingerprint": "files-fp"}]
+
+
+def test_no_alias_without_the_same_spec(backend, tiny_spec):
+    """Another spec (here another dtype) or no legacy feature set: a new feature set, no alias."""
+    store = _open(backend)
+    store.create_feature_set(tiny_spec)
+    new = dataclasses.replace(_files_spec(tiny_spec), dtype="float32")
+    fs = store.create_feature_set(new, legacy_fingerprint=lambda: tiny_spec.weights_fingerprint)
+    assert fs.id == new.feature_set_id != tiny_spec.feature_set_id
+    assert fs.spec.scheme_name == "files-v1" and store.aliases() == {}
+    other = store.create_feature_set(_files_spec(tiny_spec), legacy_fingerprint=lambda: "other-weights")
+    assert other.id == _files_spec(tiny_spec).feature_set_id and store.aliases() == {}
+    schemes = {f["feature_set_id"]: f["fingerprint_scheme"] for f in store.summary()["feature_sets"]}
+    assert schemes == {tiny_spec.feature_set_id: "legacy module state_dict", fs.id: "files-v1", other.id: "files-v1"}
+
+
+def test_a_new_feature_set_wins_over_a_legacy_one(backend, tiny_spec):
+    """Once the files-v1 feature set exists it is the one used; the legacy callable is not called."""
+    store = _open(backend)
+    new = store.create_feature_set(_files_spec(tiny_spec))
+    store.create_feature_set(tiny_spec)
+
+    def boom() -> str:
+        raise AssertionError("the legacy fingerprint is not needed")
+
+    assert store.create_feature_set(_files_spec(tiny_spec), legacy_fingerprint=boom).id == new.id

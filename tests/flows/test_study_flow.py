@@ -103,6 +103,9 @@ def test_config_files_and_their_errors(tmp_path):
         ("train: {lrr: 1}\n", "train: unknown.*lrr"),
         ("evaluation: {resamples: 5}\n", "resamples"),
         ("missing_weights: maybe\n", "missing_weights"),
+        ("encoders: [{name: rad-dino, intensity: bright}]\n", "intensity must be one of"),
+        ("encoders: [{name: rad-dino, bits: 12}]\n", "bits must be one of"),
+        ("encoders: [rad-dino, {name: rad-dino, intensity: minmax}]\n", "rad-dino listed twice"),
         ("[1, 2]\n", "mapping"),
         ("a: [\n", "not valid YAML"),
     ]:

@@ -142,7 +142,7 @@ def test_real_configurations_give_the_published_grids():
             "chexagent",
             SiglipVisionModel(
                 SiglipVisionConfig(
-                    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=384, patch_size=16
+                    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=512, patch_size=16
                 )
             ),
         )

@@ -1,5 +1,6 @@
-"""A DINOv2 weights folder's own ``preprocessor_config.json`` decides its preprocessing; RAD-DINO's
-published values are the fallback, with a warning, and give the same feature set as before."""
+"""A weights folder's own processor file (DINOv2, SigLIP: ``preprocessor_config.json``; open_clip:
+``open_clip_config.json``'s ``preprocess_cfg``) decides its preprocessing; the published values
+are the fallback, with a warning."""
 
 from __future__ import annotations
 
@@ -61,3 +62,42 @@ def test_a_folder_without_the_file_warns_and_uses_the_published_values(tiny_fold
     with pytest.warns(UserWarning, match=f"{tiny_folder}.*no {PROCESSOR_CONFIG}"):
         enc = load_encoder("rad-dino", str(tiny_folder))
     assert enc.preprocessing == RAD_DINO_PREPROCESSING
+
+
+def test_siglip_reads_its_processor_file_and_falls_back_with_a_warning(tmp_path):
+    """XraySigLIP's stand-in carries the study's SiglipImageProcessor values; another file's
+    values are used; no file gives the defaults and a warning naming the folder."""
+    from featurestore.encoders.siglip import XRAYSIGLIP_PREPROCESSING, XRAYSIGLIP_PROCESSOR_CONFIG
+    from featurestore.encoders.siglip import build_random as siglip_random
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc = load_encoder("chexagent", "random:tiny")
+    assert enc.preprocessing == XRAYSIGLIP_PREPROCESSING and enc.grid[1:] == (32, 32)
+    folder = tmp_path / "siglip"
+    shutil.copytree(siglip_random("random:tiny", "chexagent"), folder)
+    other = {**XRAYSIGLIP_PROCESSOR_CONFIG, "image_mean": [0.4] * 3, "image_std": [0.3] * 3, "resample": 2}
+    (folder / PROCESSOR_CONFIG).write_text(json.dumps(other))
+    got = load_encoder("chexagent", str(folder)).preprocessing
+    assert (got.mean, got.std, got.interpolation, got.resize, got.size) == ((0.4,) * 3, (0.3,) * 3, "bilinear", "squash", 512)
+    (folder / PROCESSOR_CONFIG).unlink()
+    with pytest.warns(UserWarning, match=f"{folder}.*no {PROCESSOR_CONFIG}"):
+        assert load_encoder("chexagent", str(folder)).preprocessing == XRAYSIGLIP_PREPROCESSING
+
+
+def test_biomedclip_reads_preprocess_cfg_and_falls_back_with_a_warning(tmp_path):
+    from featurestore.encoders.openclip import build_random as clip_random
+
+    folder = tmp_path / "clip"
+    shutil.copytree(clip_random("random:tiny", "biomedclip"), folder)
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    base = load_encoder("biomedclip", str(folder)).preprocessing
+    assert (base.resize, base.crop_offset, base.resampler) == ("shortest_edge_crop", "round", "pil")  # torchvision on PIL
+    cfg["preprocess_cfg"].update(resize_mode="squash", interpolation="bilinear")
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    got = load_encoder("biomedclip", str(folder)).preprocessing
+    assert (got.resize, got.interpolation) == ("squash", "bilinear")
+    del cfg["preprocess_cfg"]
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="no preprocess_cfg"):
+        assert load_encoder("biomedclip", str(folder)).preprocessing == base
