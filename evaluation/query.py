@@ -10,6 +10,8 @@ cls           long form: feature_set_id, image_id, row, shard, cls (FLOAT[]), sh
 runs          one row per training run (``runs/<run_id>/run.json``)
 predictions   test-set predictions of every run, with the run's task, head, encoder, fold
               (``runs/<run_id>/predictions.parquet``)
+lineage       every image each run used: run_id, image_id, split, label or mask_sha256, with the
+              run's task, head, encoder, feature set, fold, data_hash (``runs/<run_id>/lineage.parquet``)
 evaluations   one row per committed evaluation version (``metrics/<eval_id>/eval.json``)
 metrics       every metric row of every version (``metrics/<eval_id>/metrics.parquet``)
 latest        metrics, the newest version of each (task, head, encoder, feature set, fold, metric)
@@ -53,7 +55,14 @@ import pyarrow.fs as pafs
 
 from featurestore import layout
 from featurestore.errors import RadstoreError
-from featurestore.layout.records import evaluation_table_paths, list_evaluations, list_runs, predictions_path, runs_root
+from featurestore.layout.records import (
+    evaluation_table_paths,
+    lineage_path,
+    list_evaluations,
+    list_runs,
+    predictions_path,
+    runs_root,
+)
 from featurestore.store import Store
 
 #: DuckDB settings of a query connection, applied in order after the views are registered (and
@@ -77,7 +86,20 @@ SANDBOX: tuple[tuple[str, str], ...] = (
 )
 _REQUIRED = ("enable_external_access", "lock_configuration")
 
-VIEWS = ("images", "features", "cls", "runs", "predictions", "evaluations", "metrics", "latest", "comparisons", "per_image", "folds")
+VIEWS = (
+    "images",
+    "features",
+    "cls",
+    "runs",
+    "predictions",
+    "lineage",
+    "evaluations",
+    "metrics",
+    "latest",
+    "comparisons",
+    "per_image",
+    "folds",
+)
 
 
 def _filesystem(store: Store) -> pafs.FileSystem:
@@ -153,6 +175,18 @@ def _predictions(store: Store, run_ids: list[str]) -> ds.Dataset | pa.Table:
     )
 
 
+def _lineage(store: Store, run_ids: list[str]) -> ds.Dataset | pa.Table:
+    """Every run's lineage.parquet (runs that recorded one), run_id from the directory name."""
+    paths = [p for r in run_ids if (p := lineage_path(store, r)) is not None]
+    schema = layout.LINEAGE_SCHEMA.append(pa.field("run_id", pa.string()))
+    if not paths:
+        return schema.empty_table()
+    part = ds.partitioning(pa.schema([("run_id", pa.string())]))
+    return ds.dataset(
+        paths, schema=schema, format="parquet", filesystem=_filesystem(store), partitioning=part, partition_base_dir=runs_root(store)
+    )
+
+
 def sandbox(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """Apply :data:`SANDBOX` to ``con``: afterwards SQL reads registered tables and views only,
     and no SET/RESET can undo it. Already-registered Arrow tables and datasets keep working.
@@ -214,6 +248,11 @@ def connect(
     con.execute(
         "CREATE OR REPLACE VIEW predictions AS SELECT p.*, r.task, r.task_kind, r.head, r.encoder, r.feature_set_id, "
         "r.fold FROM _predictions p JOIN runs r USING (run_id)"
+    )
+    con.register("_lineage", _lineage(store, runs.column("run_id").to_pylist()))
+    con.execute(
+        "CREATE OR REPLACE VIEW lineage AS SELECT l.*, r.task, r.head, r.encoder, r.feature_set_id, r.fold, r.data_hash "
+        "FROM _lineage l JOIN runs r USING (run_id)"
     )
     evals = list_evaluations(store)
     con.register("evaluations", _evaluations(evals))

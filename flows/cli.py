@@ -308,6 +308,22 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    """``radstore diff A B``: every metric row that changed between two evaluations, why (from the
+    recorded lineage) and whether beyond noise; ``--json`` for machines. Exits 0."""
+    import json
+
+    from evaluation.diff import diff, format_diff
+    from featurestore.store import Store
+
+    result = diff(Store.open(args.store), args.a, args.b, alpha=args.alpha)
+    if args.json:
+        print(json.dumps({**result, "changes": [c.to_json() for c in result["changes"]]}, indent=2))
+    else:
+        print(format_diff(result))
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``radstore report``: write the HTML report of an evaluation and print its path; exits 0."""
     from evaluation.report import write_report
@@ -489,13 +505,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "query",
-        help="SQL (DuckDB) over the store: images, features, cls, runs, predictions, evaluations, metrics, latest, comparisons, per_image, folds",
+        help="SQL (DuckDB) over the store: images, features, cls, runs, predictions, lineage, evaluations, metrics, latest, "
+        "comparisons, per_image, folds",
     )
     s.add_argument("--store", required=True)
     s.add_argument("sql")
     s.add_argument("--out", default=None, help="write the result to FILE.csv or FILE.parquet instead of printing it")
     s.add_argument("--max-rows", type=int, default=50)
     s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("diff", help="why two evaluations differ: each changed metric row, its reasons, and whether beyond noise")
+    s.add_argument("--store", required=True)
+    s.add_argument("a", help="evaluation id, latest or latest~N (N versions before the latest)")
+    s.add_argument("b", help="evaluation id, latest or latest~N")
+    s.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for 'significant' (Benjamini-Hochberg)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(func=cmd_diff)
 
     s = sub.add_parser("report", help="HTML report with figures of an evaluation (default: the latest)")
     s.add_argument("--store", required=True)

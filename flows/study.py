@@ -12,19 +12,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from featurestore.layout.records import list_runs
 from featurestore.store import Store
 from flows import prefect_env  # noqa: F401
 from flows.config import StudyConfig, load_config
 from flows.evaluate import evaluate_flow
 from flows.extract import run_extraction, task_runner_for
+from flows.regressions import regressions_task
 from flows.train import grid_configs, train_task
-from heads.runs import find_run
+from heads.runs import plan_runs
 from heads.train import TrainConfig
 
 
@@ -51,16 +49,8 @@ def weights_task(name: str, weights: str | None, fallback: str) -> str | None:
 
 @task(name="plan-training")
 def plan_training_task(store: str, feature_set_id: str, cfgs: list[TrainConfig], storage_options: dict | None) -> tuple[list, list]:
-    """Split the grid into runs to reuse (config unchanged since the feature set's last commit) and to train."""
-    st = Store.open(store, storage_options=storage_options)
-    fs = st.feature_set(feature_set_id)
-    last = pa.compute.max(fs.cls(columns=["extracted_at"]).column("extracted_at")).as_py()  # None when empty
-    runs = list_runs(st)
-    reuse, todo = [], []
-    for c in cfgs:
-        rid = find_run(st, feature_set_id, c.to_json(), newer_than=last, runs=runs)
-        (reuse if rid else todo).append((c, rid) if rid else c)
-    return reuse, todo
+    """Split the grid into runs to reuse (same config, same data: heads.runs.plan_runs) and to train."""
+    return plan_runs(Store.open(store, storage_options=storage_options), feature_set_id, cfgs)
 
 
 @task(name="report")
@@ -181,6 +171,7 @@ def study(config: dict[str, Any] | None = None, config_file: str | None = None) 
 
     t = time.perf_counter()
     ev = evaluate_flow(cfg.store, run_ids, cfg.evaluation, so)
+    alerts = regressions_task(cfg.store, ev["eval_id"], ev["created"], so)
     timings["evaluate"] = time.perf_counter() - t
 
     report = None
@@ -200,6 +191,7 @@ def study(config: dict[str, Any] | None = None, config_file: str | None = None) 
         "eval_path": ev["path"],
         "new_eval": ev["created"],
         "controls": ev.get("controls", []),
+        "regressions": alerts,
         "report": report,
     }
 

@@ -32,6 +32,7 @@ from featurestore.store import Store
 from featurestore.tasks import TaskDef, get_task
 from heads.config import TrainConfig
 from heads.data import StreamingLoader, load_labels, mask_targets, split_indices
+from heads.lineage import lineage_table, mask_hashes
 from heads.linear import LinearProbe, Standardiser
 from heads.objectives import get_objective, target_scale
 from heads.operating_points import choose_threshold, score_thresholds
@@ -165,12 +166,14 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
     fs = store.feature_set(feature_set_id)
     labels = load_labels(task, fs, manifest, store)
     splits = split_indices(labels, cfg.fold, cfg.folds, cfg.seed)
+    masks = mask_hashes(labels.mask_uris) if labels.mask_uris is not None else None
+    lineage = lineage_table(labels, splits, masks)  # what the run used: its data identity
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     kind = task.spec
     if kind.dense:
-        y_all = mask_targets(fs, labels, cfg.target_size, task.column, progress=cfg.progress)
+        y_all = mask_targets(fs, labels, cfg.target_size, task.column, progress=cfg.progress, mask_hashes=masks)
     else:
         y_all = labels.values
 
@@ -277,6 +280,7 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         operating_points,
         val_counts,
         run_warnings,
+        lineage,
     )
     return TrainResult(run_id, best_epoch, len(curve), curve, metrics, time.perf_counter() - t0, operating_points, val_counts,
                        run_warnings)  # fmt: skip

@@ -36,6 +36,10 @@ class ReportData:
     folds: list[dict]
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # run_id -> (label, prediction)
     overlays: dict[str, Overlay] = field(default_factory=dict)  # mask task -> its overlay images
+    provenance: list[dict] = field(default_factory=list)  # per run: what it trained on (provenance_rows)
+    cohort_hash: str | None = None  # the images every run used, by content (provenance_rows)
+    previous: str | None = None  # the evaluation before this one, and what changed since it
+    changes: str | None = None
 
     @property
     def eval_id(self) -> str:
@@ -85,7 +89,53 @@ def gather(store: Store, eval_id: str | None = None, overlays: int = 3) -> Repor
             images = store.images()
             uris = dict(zip(images.column("image_id").to_pylist(), images.column("uri").to_pylist()))
         drawn[task] = overlay_data(store, task, *best, picks, uris)
-    return ReportData(record, store.url, **rows, predictions=predictions, overlays=drawn)
+    provenance, cohort = provenance_rows(store, record)
+    previous, changes = changes_since(store, record.eval_id)
+    return ReportData(record, store.url, **rows, predictions=predictions, overlays=drawn, provenance=provenance,
+                      cohort_hash=cohort, previous=previous, changes=changes)  # fmt: skip
+
+
+def provenance_rows(store: Store, record: EvaluationRecord) -> tuple[list[dict], str | None]:
+    """Per run of the evaluation: weights fingerprint, data hash, images per split and a hash of
+    its labels (or masks); and one hash of every image the runs used, by the sha256 of its
+    bytes (the cohort). Runs trained before lineage was recorded show what their record has."""
+    import hashlib
+
+    from featurestore.layout.records import read_lineage, read_run
+
+    images = store.images()
+    sha = dict(zip(images.column("image_id").to_pylist(), images.column("sha256").to_pylist()))
+    rows, used = [], set()
+    for run in record.runs:
+        rec = read_run(store, run["run_id"])
+        lineage = read_lineage(store, rec.run_id)
+        fingerprint = record.feature_sets.get(rec.feature_set_id, {}).get("weights_fingerprint")
+        row = {"run_id": rec.run_id, "task": rec.task, "head": rec.head, "encoder": run["encoder"], "fold": rec.fold,
+               "weights_fingerprint": fingerprint, "data_hash": rec.data_hash, **{s: rec.splits.get(s) for s in ("train", "val", "test")},
+               "labels_hash": None}  # fmt: skip
+        if lineage is not None:
+            cols = [lineage.column(c).to_pylist() for c in ("image_id", "label", "mask_sha256")]
+            row["labels_hash"] = hashlib.sha256("\n".join(f"{i}\t{v}\t{m}" for i, v, m in zip(*cols)).encode()).hexdigest()[:12]
+            used.update(cols[0])
+        rows.append(row)
+    cohort = None
+    if used:
+        cohort = hashlib.sha256("\n".join(f"{i}\t{sha.get(i)}" for i in sorted(used)).encode()).hexdigest()[:12]
+    return rows, cohort
+
+
+def changes_since(store: Store, eval_id: str) -> tuple[str | None, str | None]:
+    """(the evaluation before ``eval_id``, ``radstore diff`` of the two as text), or (None, None)
+    for the store's first; a diff that cannot be made says why instead."""
+    from evaluation.diff import diff, format_diff, previous_eval_id
+
+    previous = previous_eval_id(store, eval_id)
+    if previous is None:
+        return None, None
+    try:
+        return previous, format_diff(diff(store, previous, eval_id))
+    except RadstoreError as e:
+        return previous, f"no diff: {e}"
 
 
 def read_global_predictions(store: Store, run_id: str, column: str) -> tuple[np.ndarray, np.ndarray]:

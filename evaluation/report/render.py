@@ -202,6 +202,10 @@ def render_report(data: ReportData, out_dir: str | Path, correction: str = "bonf
         "results": T.results_table(headline) if headline else None,
         "all_metrics": T.all_metrics_table(metrics, tasks),
         "runs": T.runs_table(data.runs),
+        "provenance": T.provenance_table(data.provenance),
+        "cohort_hash": data.cohort_hash,
+        "previous": data.previous,
+        "changes": data.changes,
         "forest": Block(
             "forest",
             f"Forest plot: primary metric and {conf}% CI per encoder / head (and fold), one panel per task",

@@ -229,6 +229,25 @@ def runs_table(runs: list[Mapping]) -> Table:
     return Table(_header("run id", "task", "head", "encoder", "feature set", "split", "run code", "predictions sha256"), rows, "runs")
 
 
+def provenance_table(rows: list[Mapping]) -> Table:
+    """What each run trained on: the weights, the data (hash, images per split, labels hash)."""
+    body = [
+        [
+            Cell(r["task"]),
+            Cell(r["head"]),
+            Cell(r["encoder"]),
+            Cell(fold_text(r.get("fold")) or "held-out"),
+            Cell(r.get("weights_fingerprint") or "", code=True),
+            Cell(r.get("data_hash") or "not recorded", code=True),
+            Cell(" / ".join(str(r.get(s) if r.get(s) is not None else "?") for s in ("train", "val", "test"))),
+            Cell(r.get("labels_hash") or "", code=True),
+        ]
+        for r in sorted(rows, key=lambda r: (r["task"], r["head"], fold_key(r.get("fold")), r["encoder"]))
+    ]
+    head = _header("task", "head", "encoder", "split", "weights fingerprint", "data hash", "train / val / test", "labels hash")
+    return Table(head, body, "runs")
+
+
 def meta_table(record: Mapping, store_url: str, correction: str) -> Table:
     """What a reader needs to reproduce or trust the numbers: versions, configuration, store."""
     cfg = record.get("config", {})

@@ -34,6 +34,8 @@ A store is one directory or one object-store prefix::
         run.json                          the record; written last: the run exists from here on
         head.pt                           the head's state dict (torch.save)
         predictions.parquet               test split (predictions_schema(): the kind's column)
+        lineage.parquet                   every image of every split with its label or mask sha256
+                                          (LINEAGE_SCHEMA); its hash is the record's data_hash
         masks.zarr, targets.zarr          segmentation: predicted probabilities (float16) and
                                           true masks (uint8), [image, y, x], rows as predictions
       metrics/<eval_id>/                  one evaluation version (records.EvaluationRecord)
@@ -157,6 +159,7 @@ from featurestore.layout.schemas import (
     IMAGES_DICTIONARY_COLUMNS,
     IMAGES_SCHEMA,
     INGEST_ERRORS_SCHEMA,
+    LINEAGE_SCHEMA,
     MASK_PREDICTION_COLUMNS,
     METRICS_SCHEMA,
     PER_IMAGE_SCHEMA,
@@ -194,6 +197,7 @@ __all__ = [
     "IMAGES_SCHEMA",
     "INGEST_ERRORS_DIR",
     "INGEST_ERRORS_SCHEMA",
+    "LINEAGE_SCHEMA",
     "LOCK_FILE",
     "MASK_DIMENSIONS",
     "MASK_PREDICTION_COLUMNS",

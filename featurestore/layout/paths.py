@@ -40,6 +40,7 @@ RUNS_DIR = "runs"
 RUN_JSON = "run.json"
 HEAD_WEIGHTS = "head.pt"
 PREDICTIONS = "predictions.parquet"
+LINEAGE = "lineage.parquet"
 PREDICTED_MASKS = "masks.zarr"  # segmentation: predicted probabilities [image, y, x], float16
 TARGET_MASKS = "targets.zarr"  # segmentation: the true masks at the target resolution, uint8
 MASK_DIMENSIONS = ("image", "y", "x")

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from featurestore.errors import RadstoreError
 from featurestore.layout import paths as P
-from featurestore.layout.schemas import EVAL_TABLES
+from featurestore.layout.schemas import EVAL_TABLES, LINEAGE_SCHEMA
 
 if TYPE_CHECKING:
     import zarr
@@ -110,10 +110,13 @@ class RunRecord(_JsonRecord):
     # Whether the head is a linear read-out of the embedding (the probes): what the positive
     # control's expected values hold (evaluation.controls); None for runs that predate it.
     linear_readout: bool | None = None
+    # The content hash of lineage.parquet and the feature set (heads.lineage.data_hash): a run is
+    # reused only for the same data; None for runs that predate it (never reused).
+    data_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     _REQUIRED: ClassVar[tuple[str, ...]] = ("run_id", "task", "task_kind", "head", "feature_set_id", "encoder", "config", "created_at")
-    _OMIT_UNSET: ClassVar[tuple[str, ...]] = ("linear_readout",)
+    _OMIT_UNSET: ClassVar[tuple[str, ...]] = ("linear_readout", "data_hash")
 
     @property
     def created(self) -> datetime:
@@ -136,9 +139,11 @@ def predictions_table(kind: TaskKind, ids: list[str], pred: np.ndarray, y: np.nd
     return pa.table(cols)
 
 
-def write_run(store: Store, rec: RunRecord, head: bytes, predictions: pa.Table, masks: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+def write_run(store: Store, rec: RunRecord, head: bytes, predictions: pa.Table, masks: tuple[np.ndarray, np.ndarray] | None = None,
+              lineage: pa.Table | None = None) -> str:  # fmt: skip
     """Write a run's files, then its run.json (the commit). ``masks``: (predicted probabilities,
-    true masks) [image, y, x] of a mask kind, rows in the order of ``predictions``."""
+    true masks) [image, y, x] of a mask kind, rows in the order of ``predictions``; ``lineage``:
+    the images it used (LINEAGE_SCHEMA)."""
     import zarr
 
     loc = store.loc.child(P.RUNS_DIR, rec.run_id)
@@ -150,6 +155,8 @@ def write_run(store: Store, rec: RunRecord, head: bytes, predictions: pa.Table, 
                                     compressors=None, dimension_names=P.MASK_DIMENSIONS, fill_value=fill)  # fmt: skip
             arr[:] = data.astype(dtype)
     loc.write_parquet(predictions, P.PREDICTIONS)
+    if lineage is not None:
+        loc.write_parquet(lineage.cast(LINEAGE_SCHEMA), P.LINEAGE)
     loc.write_json(rec.to_json(), P.RUN_JSON)  # last: the run exists from here on
     return rec.run_id
 
@@ -174,6 +181,17 @@ def read_run(store: Store, run_id: str) -> RunRecord:
     if not store.loc.exists(P.RUNS_DIR, run_id, P.RUN_JSON):
         raise RadstoreError(f"no run {run_id!r} in {store.url} (runs are listed by `radstore runs`)")
     return RunRecord.from_json(store.loc.read_json(P.RUNS_DIR, run_id, P.RUN_JSON))
+
+
+def lineage_path(store: Store, run_id: str) -> str | None:
+    """Full path of a run's ``lineage.parquet``; None for a run written before lineage."""
+    return store.loc.path(P.RUNS_DIR, run_id, P.LINEAGE) if store.loc.exists(P.RUNS_DIR, run_id, P.LINEAGE) else None
+
+
+def read_lineage(store: Store, run_id: str) -> pa.Table | None:
+    """The images ``run_id`` used (LINEAGE_SCHEMA), or None for a run written before lineage."""
+    path = lineage_path(store, run_id)
+    return None if path is None else store.loc.read_parquet([path], schema=LINEAGE_SCHEMA)
 
 
 def predictions_path(store: Store, run_id: str) -> str:

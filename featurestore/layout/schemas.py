@@ -72,6 +72,10 @@ def cls_schema(global_dim: int, extra_globals: dict[str, int] | None = None) -> 
     )
 
 
+#: A run's lineage.parquet (heads.lineage): every image it trained, validated and tested on, with
+#: its split, and its label (global tasks) or its mask file's sha256 (mask tasks).
+LINEAGE_SCHEMA = pa.schema([("image_id", pa.string()), ("split", pa.string()), ("label", pa.float64()), ("mask_sha256", pa.string())])
+
 #: Columns of a segmentation run's predictions.parquet (the masks themselves are arrays).
 MASK_PREDICTION_COLUMNS = {"mask_row": pa.int64(), "positive_pixels": pa.int64(), "predicted_pixels": pa.int64()}
 
@@ -138,6 +142,7 @@ RUNS_VIEW_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("task", pa.string()), ("task_kind", pa.string()), ("head", pa.string()),
     ("encoder", pa.string()), ("feature_set_id", pa.string()), ("fold", pa.int32()), ("seed", pa.int64()),
     ("created_at", UTC_US), ("best_epoch", pa.int64()), ("epochs", pa.int64()), ("code_version", pa.string()),
+    ("data_hash", pa.string()),
 ])  # fmt: skip
 EVALUATIONS_VIEW_SCHEMA = pa.schema([
     ("eval_id", pa.string()), ("created_at", UTC_US), ("code_version", pa.string()),

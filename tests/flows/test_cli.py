@@ -24,6 +24,7 @@ def test_help_lists_every_subcommand():
         "runs",
         "evaluate",
         "query",
+        "diff",
         "report",
         "study",
         "serve",
