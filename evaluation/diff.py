@@ -40,6 +40,8 @@ from featurestore.tasks import get_kind
 KEY = ("task", "head", "fold", "encoder", "metric")
 SHOWN_IDS = 3  # image ids a reason names before "..."
 RUNTIME_ONLY = ("progress", "device")
+#: Evaluation settings that change what a run's predictions score (not only the interval).
+VALUE_SETTINGS = ("threshold", "empty_both")
 
 
 @dataclass
@@ -57,7 +59,7 @@ class RowChange:
     run_a: str | None
     run_b: str | None
     reasons: list[str] = field(default_factory=list)
-    delta: float = math.nan  # B - A on the shared test images
+    delta: float = math.nan  # B - A on the test images both runs share (n_shared)
     ci_low: float = math.nan
     ci_high: float = math.nan
     p: float = math.nan
@@ -225,12 +227,20 @@ def diff(store: Store, a: str, b: str, alpha: float = 0.05) -> dict[str, Any]:
         c = RowChange(*key, primary=bool(row["primary"]), value_a=ra and ra["value"], value_b=rb and rb["value"],
                       run_a=ra and ra["run_id"], run_b=rb and rb["run_id"])  # fmt: skip
         if ra is None or rb is None:
-            c.reasons.append(f"only in evaluation {'B' if ra is None else 'A'} (its run was {'added' if ra is None else 'removed'})")
+            c.reasons.append(f"only in evaluation {'B' if ra is None else 'A'} (the evaluations' runs or metrics differ)")
         else:
             if c.run_a != c.run_b:
                 c.reasons += lineage_reasons(store, record(c.run_a), record(c.run_b))
-            c.reasons += settings or ([] if c.run_a != c.run_b else ["same run and settings: the stored values differ"])
-            _noise(store, c, cfgs, cache)
+            if ra["n"] != rb["n"]:  # the evaluation scores a group on the test images all its runs share
+                c.reasons.append(f"scored on {ra['n']} -> {rb['n']} test images (those every run of the group shares)")
+            c.reasons += settings
+            if not c.reasons:
+                c.reasons.append("same run, settings and images: the stored values differ")
+            # The noise test, where it means something: both values reportable, and different
+            # predictions (another run, or a setting that changes how they are scored).
+            value_settings = {k for k in VALUE_SETTINGS if ea.config.get(k) != eb.config.get(k)}
+            if ra["status"] == rb["status"] == "ok" and (c.run_a != c.run_b or value_settings):
+                _noise(store, c, cfgs, cache)
         changes.append(c)
     tested = [c for c in changes if math.isfinite(c.p)]
     if tested:

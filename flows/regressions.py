@@ -1,11 +1,15 @@
-"""Regression alerts of a scheduled study: after each new evaluation, compare it with the previous
-one (evaluation.diff) and publish every headline metric that got significantly worse.
+"""Regression alerts of a scheduled study: compare each evaluation the study publishes with the one
+it published before (``published.json``, evaluation.diff) and publish every headline metric that
+got significantly worse.
 
-Each regression is logged as a warning, listed in the ``regressions`` table artifact and emitted
-as the Prefect event ``radstore.metric.regressed`` (resource ``radstore.metric.<task>.<head>.
-<encoder>.<metric>``, payload: both values, the paired difference with its interval, q), so a
-Prefect automation can notify (README, "Why did this number change?"). Changes within noise
-raise nothing; an unchanged rerun makes no new evaluation and compares nothing.
+Each regression is logged as a warning, listed in the ``regressions`` table artifact (published
+on every run, empty when there is none, so the series shows the current state) and emitted as
+the Prefect event ``radstore.metric.regressed`` (resource ``radstore.metric.<task>.<head>.
+<fold>.<encoder>.<metric>``, payload: both values, the paired difference with its interval, q,
+the reasons), so a Prefect automation can notify (README, "Why did this number change?").
+Changes within noise raise nothing. The baseline is the study's own previous publication, not
+the store's newest evaluation, so an ad-hoc ``radstore evaluate`` does not become the baseline,
+and a study that returns to an older version (a reverted label) is still compared.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
-from evaluation.diff import diff, previous_eval_id, regressions
+from evaluation.diff import diff, regressions
+from featurestore.layout.records import evaluation_exists, read_published, write_published
 from featurestore.store import Store
 
 EVENT = "radstore.metric.regressed"
@@ -22,31 +27,43 @@ ARTIFACT_KEY = "regressions"
 
 
 def _resource(c) -> dict[str, str]:
-    name = f"{c.task}.{c.head}.{c.encoder}.{c.metric}".replace(" ", "_")
+    fold = "all" if c.fold is None else f"fold{c.fold}"
+    name = f"{c.task}.{c.head}.{fold}.{c.encoder}.{c.metric}".replace(" ", "_")
     return {"prefect.resource.id": f"radstore.metric.{name}", "prefect.resource.name": f"{c.task} {c.head} {c.encoder} {c.metric}"}
 
 
+def check(store: Store, eval_id: str, alpha: float = 0.05) -> tuple[str | None, list]:
+    """(baseline, regressions of ``eval_id`` against it); publishes ``eval_id`` as the new baseline.
+    No baseline (the first publication), the same evaluation again, or a baseline that was
+    deleted: nothing to compare."""
+    baseline = read_published(store)
+    write_published(store, eval_id)
+    if baseline is None or baseline == eval_id or not evaluation_exists(store, baseline):
+        return None, []
+    return baseline, regressions(diff(store, baseline, eval_id, alpha=alpha))
+
+
 @task(name="regressions")
-def regressions_task(store: str, eval_id: str, created: bool, storage_options: dict | None = None, alpha: float = 0.05) -> list[dict]:
-    """Alert on every regression of ``eval_id`` against the evaluation before it; returns them as
-    JSON rows. Nothing to compare when the evaluation is not new or is the store's first."""
+def regressions_task(store: str, eval_id: str, storage_options: dict | None = None, alpha: float = 0.05) -> list[dict]:
+    """Alert on every regression of ``eval_id`` against the study's previous publication; returns
+    them as JSON rows. A failure of the check is logged, never fails the study."""
     log = get_run_logger()
-    st = Store.open(store, storage_options=storage_options)
-    prev = previous_eval_id(st, eval_id) if created else None
-    if prev is None:
+    try:
+        prev, found = check(Store.open(store, storage_options=storage_options), eval_id, alpha)
+    except Exception as e:  # noqa: BLE001 - an alert check must not lose the night's results
+        log.warning("regression check of %s failed: %s: %s", eval_id, type(e).__name__, e)
         return []
-    found = regressions(diff(st, prev, eval_id, alpha=alpha))
     rows = [c.to_json() | {"previous_eval": prev, "eval_id": eval_id} for c in found]
     for c, row in zip(found, rows):
         log.warning(
             "REGRESSION %s/%s %s %s: %.4g -> %.4g (delta %.4g [%.4g, %.4g], q=%.3g) since %s; radstore diff %s %s",
             c.task, c.head, c.encoder, c.metric, c.value_a, c.value_b, c.delta, c.ci_low, c.ci_high, c.q, prev, prev, eval_id,
         )  # fmt: skip
-        emit_event(event=EVENT, resource=_resource(c), payload={k: row[k] for k in row if k != "reasons"} | {"reasons": c.reasons})
-    if rows:
-        create_table_artifact(
-            [{k: (", ".join(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows],
-            key=ARTIFACT_KEY,
-            description=f"headline metrics significantly worse in {eval_id} than in {prev}",
-        )
+        emit_event(event=EVENT, resource=_resource(c), payload=row)
+    table = [{k: (", ".join(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
+    create_table_artifact(
+        table or [{"eval_id": eval_id, "previous_eval": prev, "regressions": 0}],
+        key=ARTIFACT_KEY,
+        description=f"headline metrics significantly worse in {eval_id} than in {prev}" if rows else f"no regression in {eval_id}",
+    )
     return rows

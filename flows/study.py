@@ -48,9 +48,11 @@ def weights_task(name: str, weights: str | None, fallback: str) -> str | None:
 
 
 @task(name="plan-training")
-def plan_training_task(store: str, feature_set_id: str, cfgs: list[TrainConfig], storage_options: dict | None) -> tuple[list, list]:
-    """Split the grid into runs to reuse (same config, same data: heads.runs.plan_runs) and to train."""
-    return plan_runs(Store.open(store, storage_options=storage_options), feature_set_id, cfgs)
+def plan_training_task(store: str, feature_set_id: str, cfgs: list[TrainConfig], manifest: str | None,
+                       storage_options: dict | None) -> tuple[list, list]:  # fmt: skip
+    """Split the grid into runs to reuse (same config, same data: heads.runs.plan_runs, labels from
+    ``manifest``) and to train."""
+    return plan_runs(Store.open(store, storage_options=storage_options), feature_set_id, cfgs, manifest=manifest)
 
 
 @task(name="report")
@@ -158,20 +160,20 @@ def study(config: dict[str, Any] | None = None, config_file: str | None = None) 
     for enc in cfg.encoders:
         fsid = feature_sets[enc.name]
         cfgs = grid_configs(list(cfg.tasks), list(cfg.heads), list(cfg.folds) if cfg.folds else None, base)
-        keep, todo = plan_training_task(cfg.store, fsid, cfgs, so)
+        keep, todo = plan_training_task(cfg.store, fsid, cfgs, cfg.manifest, so)
         run_ids += [rid for _, rid in keep]
         reused += len(keep)
         if todo and runner is not None:
-            run_ids += _train_on(runner, cfg.store, fsid, todo, so)
+            run_ids += _train_on(runner, cfg.store, fsid, todo, cfg.manifest, so)
         else:
-            run_ids += [f.result()["run_id"] for f in [train_task.submit(cfg.store, fsid, c, None, so) for c in todo]]
+            run_ids += [f.result()["run_id"] for f in [train_task.submit(cfg.store, fsid, c, cfg.manifest, so) for c in todo]]
         trained += len(todo)
     timings["train"] = time.perf_counter() - t
     log.info("training: %d run(s) trained, %d reused", trained, reused)
 
     t = time.perf_counter()
     ev = evaluate_flow(cfg.store, run_ids, cfg.evaluation, so)
-    alerts = regressions_task(cfg.store, ev["eval_id"], ev["created"], so)
+    alerts = regressions_task(cfg.store, ev["eval_id"], so)
     timings["evaluate"] = time.perf_counter() - t
 
     report = None
@@ -196,12 +198,12 @@ def study(config: dict[str, Any] | None = None, config_file: str | None = None) 
     }
 
 
-def _train_on(runner, store: str, fsid: str, cfgs: list[TrainConfig], so: dict | None) -> list[str]:
+def _train_on(runner, store: str, fsid: str, cfgs: list[TrainConfig], manifest: str | None, so: dict | None) -> list[str]:
     """Fan the training runs of one feature set out on a Dask cluster (a subflow with that runner)."""
 
     @flow(name="train-fan-out", task_runner=runner)
     def fan_out() -> list[str]:
-        return [f.result()["run_id"] for f in [train_task.submit(store, fsid, c, None, so) for c in cfgs]]
+        return [f.result()["run_id"] for f in [train_task.submit(store, fsid, c, manifest, so) for c in cfgs]]
 
     return fan_out()
 

@@ -217,12 +217,17 @@ def split_indices(labels: Labels, fold: int | None, folds: int, seed: int) -> di
 def mask_targets(fs: FeatureSet, labels: Labels, target_size: int, column: str, progress: bool = False,
                  mask_hashes: list[str] | None = None) -> np.ndarray:  # fmt: skip
     """uint8 [N, T, T] masks aligned with ``labels.image_ids``, cached as a memmap keyed by the
-    masks' paths and, given ``mask_hashes`` (sha256 of each file), their content: an edited
-    mask file is read again, not served from the cache."""
+    masks' paths and their content (``mask_hashes``: sha256 of each file, hashed here when not
+    given): an edited mask file is read again, not served from the cache."""
     from tqdm import tqdm
 
+    if mask_hashes is None:
+        from heads.lineage import mask_hashes as hash_masks
+
+        mask_hashes = hash_masks(labels.mask_uris)
+
     pre = Preprocessing.from_json(fs.spec.preprocessing)
-    parts = [fs.id, column, str(target_size), *labels.image_ids, *labels.mask_uris, *(mask_hashes or [])]
+    parts = [fs.id, column, str(target_size), *labels.image_ids, *labels.mask_uris, *mask_hashes]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     path = Path(cache_dir()) / "targets" / f"{fs.id}-{column}-{target_size}-{key}.npy"
     if path.exists():

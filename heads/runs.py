@@ -96,7 +96,7 @@ def plan_runs(store: Store, feature_set_id: str, configs: list[TrainConfig], man
             labels_of[task.name] = (labels, mask_hashes(labels.mask_uris) if labels.mask_uris is not None else None)
         labels, masks = labels_of[task.name]
         table = lineage_table(labels, split_indices(labels, c.fold, c.folds, c.seed), masks)
-        rid = find_run(store, feature_set_id, c.to_json(), runs=runs, data=data_hash(table, fs.id))
+        rid = find_run(store, fs.id, c.to_json(), runs=runs, data=data_hash(table, fs.id))  # fs.id: an alias resolved
         if rid:
             reuse.append((c, rid))
         else:

@@ -134,8 +134,8 @@ def changes_since(store: Store, eval_id: str) -> tuple[str | None, str | None]:
         return None, None
     try:
         return previous, format_diff(diff(store, previous, eval_id))
-    except RadstoreError as e:
-        return previous, f"no diff: {e}"
+    except Exception as e:  # noqa: BLE001 - the report must render even when the diff cannot be made
+        return previous, f"no diff: {type(e).__name__}: {e}"
 
 
 def read_global_predictions(store: Store, run_id: str, column: str) -> tuple[np.ndarray, np.ndarray]:

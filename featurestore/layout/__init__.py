@@ -38,6 +38,8 @@ A store is one directory or one object-store prefix::
                                           (LINEAGE_SCHEMA); its hash is the record's data_hash
         masks.zarr, targets.zarr          segmentation: predicted probabilities (float16) and
                                           true masks (uint8), [image, y, x], rows as predictions
+      published.json                      {"eval_id", "previous", "published_at"}: the evaluation the
+                                          study published last (what its regression alerts compare with)
       metrics/<eval_id>/                  one evaluation version (records.EvaluationRecord)
         metrics.parquet, comparisons.parquet, per_image.parquet, folds.parquet  (EVAL_TABLES)
         eval.json                         the record; written last: the version exists from here on

@@ -48,6 +48,7 @@ MASK_DIMENSIONS = ("image", "y", "x")
 # metrics/<eval_id>/
 METRICS_DIR = "metrics"
 EVAL_JSON = "eval.json"
+PUBLISHED_JSON = "published.json"
 
 
 def table_file(name: str) -> str:

@@ -257,6 +257,19 @@ class EvaluationRecord(_JsonRecord):
         return datetime.fromisoformat(self.created_at)
 
 
+def read_published(store: Store) -> str | None:
+    """The evaluation the study published last (``published.json``), or None before the first."""
+    return store.loc.read_json(P.PUBLISHED_JSON)["eval_id"] if store.loc.exists(P.PUBLISHED_JSON) else None
+
+
+def write_published(store: Store, eval_id: str) -> None:
+    """Record ``eval_id`` as the study's latest published evaluation (atomically replaced)."""
+    from datetime import UTC, datetime
+
+    store.loc.write_json({"eval_id": eval_id, "previous": read_published(store), "published_at": datetime.now(UTC).isoformat()},
+                         P.PUBLISHED_JSON)  # fmt: skip
+
+
 def evaluation_exists(store: Store, eval_id: str) -> bool:
     """Whether evaluation ``eval_id`` is committed (its ``eval.json`` exists)."""
     return store.loc.exists(P.METRICS_DIR, eval_id, P.EVAL_JSON)

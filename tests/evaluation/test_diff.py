@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -88,6 +89,7 @@ def test_settings_change_is_named_and_within_noise(grid):
     result = diff(store, first, second)
     assert result["settings"] == ["evaluation settings changed: resamples 200 -> 300"]
     assert result["changes"] and not any(c.significant for c in result["changes"])
+    assert all(math.isnan(c.p) for c in result["changes"])  # same predictions: nothing to test, nothing tested
     assert all(c.delta == 0 and c.value_a == c.value_b for c in result["changes"] if c.delta == c.delta)
 
 
@@ -117,7 +119,7 @@ def test_a_new_test_image_and_the_sql_view(grid, tmp_path):
     new_ids = pq.read_table(bigger).slice(COHORT.n)
     new_test = [i for i, s in zip(new_ids.column("image_id").to_pylist(), new_ids.column("split").to_pylist()) if s == "test"]
     ctr = [c for c in result["changes"] if c.task == "ctr-reg"]
-    assert ctr and any(r.startswith(f"test images changed: +{len(new_test)}") for r in ctr[0].reasons)
+    assert ctr and any(r.startswith(f"test images changed: +{len(new_test)} (") for r in ctr[0].reasons)
     json.dumps([c.to_json() for c in result["changes"]])  # serialisable as --json prints it
     rows = query(store, "SELECT task, split, count(*) AS n FROM lineage WHERE run_id = "
                  f"'{runs[('ctr-reg', 'linear')]}' GROUP BY ALL ORDER BY split").to_pylist()  # fmt: skip

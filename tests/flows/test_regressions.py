@@ -1,6 +1,6 @@
 """Regression alerts on a real Prefect server: a deliberately degraded feature set raises exactly
 one ``radstore.metric.regressed`` event (and the ``regressions`` artifact); an unchanged rerun
-raises none (flows.regressions)."""
+raises none, and neither does a retrain on the same data (flows.regressions)."""
 
 from __future__ import annotations
 
@@ -54,23 +54,27 @@ def test_one_alert_for_a_degraded_encoder_none_for_an_unchanged_rerun(prefect_se
 
     since = datetime.now(UTC)
     # The positive control: embeddings that carry the CTR by construction (a baseline far from
-    # noise), on 80 images (20 test).
+    # noise), on 80 images (20 test); two heads, so the evaluation has a row that stays put.
     _, store, fsid, runs = build(tmp_path, encoder="planted", n=80)
-    good_run = runs[("ctr-reg", "linear")]
-    good = evaluate(store, [good_run], CFG)
-    rerun = evaluate(store, [good_run], CFG)  # nothing changed: the same version, not a new one
+    ctr = configs()[1]
+    good_runs = [runs[("ctr-reg", "linear")], runs[("pneumothorax-cls", "linear")]]
 
     @flow(name="alert-check")
-    def alerts(eval_id: str, created: bool) -> list[dict]:
-        return regressions_task(store.url, eval_id, created)
+    def alerts(eval_id: str) -> list[dict]:
+        return regressions_task(store.url, eval_id)
 
-    assert not rerun.created and alerts(rerun.eval_id, rerun.created) == []
-    bad_run = train(store, _degraded_copy(store, fsid), configs()[1]).run_id
-    bad = evaluate(store, [bad_run], CFG)
-    rows = alerts(bad.eval_id, bad.created)
+    good = evaluate(store, good_runs, CFG)
+    assert alerts(good.eval_id) == []  # the first publication: nothing to compare with
+    assert alerts(evaluate(store, good_runs, CFG).eval_id) == []  # the same version again
+    # Retrained on the same data: new runs, a new evaluation, the same numbers: compared, no alert.
+    same = evaluate(store, [train(store, fsid, ctr).run_id, good_runs[1]], CFG)
+    assert same.created and same.eval_id != good.eval_id and alerts(same.eval_id) == []
+    # The CTR probe on a feature set drowned in noise: one alert, for that metric only.
+    bad = evaluate(store, [train(store, _degraded_copy(store, fsid), ctr).run_id, good_runs[1]], CFG)
+    rows = alerts(bad.eval_id)
     assert len(rows) == 1, rows
     (row,) = rows
-    assert (row["task"], row["metric"], row["previous_eval"]) == ("ctr-reg", "r2", good.eval_id)
+    assert (row["task"], row["metric"], row["previous_eval"]) == ("ctr-reg", "r2", same.eval_id)
     assert row["delta"] < 0 and row["ci_high"] < 0 and row["q"] < 0.05
     assert any("weights changed (fingerprint" in r for r in row["reasons"])
     EventsWorker.drain_all()
@@ -79,7 +83,7 @@ def test_one_alert_for_a_degraded_encoder_none_for_an_unchanged_rerun(prefect_se
         events = _events(prefect_server, since)
         time.sleep(1)
     assert len(events) == 1, events
-    assert events[0]["resource"]["prefect.resource.id"].startswith("radstore.metric.ctr-reg.linear.planted")
+    assert events[0]["resource"]["prefect.resource.id"].startswith("radstore.metric.ctr-reg.linear.all.planted")
     assert events[0]["payload"]["eval_id"] == bad.eval_id
 
     async def artifact():
@@ -90,7 +94,10 @@ def test_one_alert_for_a_degraded_encoder_none_for_an_unchanged_rerun(prefect_se
 
     import asyncio
 
-    assert len(asyncio.run(artifact())) == 1
+    published = sorted(asyncio.run(artifact()), key=lambda a: a.created)
+    assert len(published) == 4  # one table per check, empty ones included: the series shows the current state
+    assert '"r2"' in str(published[-1].data) and bad.eval_id in str(published[-1].data)
+    assert '"regressions": 0' in str(published[-2].data)
 
 
 def test_the_documented_automation_is_a_valid_prefect_automation_on_the_alert_event():

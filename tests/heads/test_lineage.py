@@ -59,7 +59,7 @@ def test_a_relabelled_image_retrains_only_its_task(trained):
 def test_an_edited_mask_retrains_only_the_mask_task_and_its_targets_are_reread(trained):
     manifest, store, fsid, runs = trained
     t = pq.read_table(manifest)
-    row = t.filter(pc.equal(t.column("split"), "train")).slice(0, 1).to_pylist()[0]
+    row = t.filter(pc.equal(t.column("split"), "test")).slice(0, 1).to_pylist()[0]
     path = manifest.parent / row["heart_mask"]
     mask = np.asarray(Image.open(path)).copy()
     mask[:] = 0  # the heart erased: same path, other bytes
@@ -70,6 +70,16 @@ def test_an_edited_mask_retrains_only_the_mask_task_and_its_targets_are_reread(t
     old_sha = dict(zip(*(read_lineage(store, runs[("heart-seg", "linear")]).column(c).to_pylist() for c in ("image_id", "mask_sha256"))))
     new_sha = dict(zip(*(read_lineage(store, new).column(c).to_pylist() for c in ("image_id", "mask_sha256"))))
     assert {i for i in new_sha if new_sha[i] != old_sha[i]} == {row["image_id"]}
+    # The training targets were read again, not served from the cache: the new run's target for
+    # that image is empty, the old run's was not.
+    from featurestore.layout.records import open_masks, read_predictions
+
+    def target(run_id):
+        p = read_predictions(store, run_id).to_pylist()
+        k = next(r["mask_row"] for r in p if r["image_id"] == row["image_id"])
+        return open_masks(store, run_id)[1][k]
+
+    assert target(runs[("heart-seg", "linear")]).any() and not target(new).any()
     assert _retrained(store, fsid) == set()  # the new run is the one reused from now on
 
 
@@ -94,6 +104,10 @@ def test_a_new_test_image_retrains_the_tasks_that_label_it_and_a_changed_config_
     assert {(c.task, c.head) for c in todo} == set(GRID)
     # Without their labels (the ingested manifest), nothing changed for any run.
     assert _retrained(store, fsid) == set()
+    # Labelled for every task but the CTR: the CTR run is reused, the others retrain.
+    edit_manifest(bigger, "ctr", dict.fromkeys(new.column("image_id").to_pylist()))
+    _, todo = plan_runs(store, fsid, configs(), manifest=str(bigger))
+    assert {(c.task, c.head) for c in todo} == set(GRID) - {("ctr-reg", "linear")}
     # Another hyperparameter for one run of the grid: only that run is new.
     cfgs = configs()
     cfgs[1] = dataclasses.replace(cfgs[1], lr=0.01)

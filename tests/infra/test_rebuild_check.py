@@ -132,7 +132,8 @@ def test_snapshot_of_an_evaluated_store(rc, evaluated_store, tmp_path):
     assert ev["content_id"].startswith("eval-") and ev["content_id"] != eval_id  # run keys, not time-stamped run ids
     for name, t in tables.items():
         assert len(ev[name]) == t.num_rows, name  # one keyed entry per row: no two rows share a key
-    assert first["counts"]["metric_rows"] >= tables["metrics"].num_rows > 0
+    every = [read_evaluation(store, e.eval_id)[1]["metrics"].num_rows for e in list_evaluations(store)]
+    assert first["counts"]["metric_rows"] == sum(every) and tables["metrics"].num_rows > 0
     row = next(iter(ev["metrics"].values()))
     assert "eval_id" not in row and "created_at" not in row and isinstance(row["value"], str)
     assert row["run_id"] in first["runs"]  # run ids replaced by run keys
