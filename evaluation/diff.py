@@ -17,15 +17,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from evaluation import metrics as M
 from evaluation.artifacts import load_run
 from evaluation.bootstrap import resample_indices
 from evaluation.compare import paired_bootstrap
+from evaluation.compute import _aligned, _take
 from evaluation.config import EvalConfig
 from featurestore.errors import FeatureSetNotFound, RadstoreError
 from featurestore.layout.records import (
+    RUNTIME_ONLY,
     EvaluationRecord,
     RunRecord,
     list_evaluations,
@@ -39,7 +39,6 @@ from featurestore.tasks import get_kind
 
 KEY = ("task", "head", "fold", "encoder", "metric")
 SHOWN_IDS = 3  # image ids a reason names before "..."
-RUNTIME_ONLY = ("progress", "device")
 #: Evaluation settings that change what a run's predictions score (not only the interval).
 VALUE_SETTINGS = ("threshold", "empty_both")
 
@@ -168,13 +167,6 @@ def _differs(a: dict, b: dict) -> bool:
     return a["status"] != b["status"]
 
 
-def _at(r, shared: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
-    """Run ``r``'s arrays ``names`` at the image ids ``shared`` (sorted)."""
-    order = np.argsort(r.image_ids)
-    pos = np.searchsorted(r.image_ids[order], shared)
-    return tuple(r.arrays[n][order][pos] for n in names)
-
-
 def _noise(store: Store, change: RowChange, cfgs: dict[str, EvalConfig], cache: dict) -> None:
     """Fill ``change``'s delta (B - A), interval and p from a paired bootstrap on the test images
     both runs share, resampled as evaluation B's settings say."""
@@ -182,7 +174,7 @@ def _noise(store: Store, change: RowChange, cfgs: dict[str, EvalConfig], cache: 
         if (side, rid) not in cache:
             cache[(side, rid)] = load_run(store, rid, cfgs[side])
     ra, rb = cache[("a", change.run_a)], cache[("b", change.run_b)]
-    shared = np.array(sorted(set(ra.image_ids) & set(rb.image_ids)), dtype=object)
+    shared, (pa_, pb) = _aligned([ra, rb])  # the evaluation's own alignment of a group's runs
     change.n_shared = len(shared)
     if len(shared) < 2:
         return
@@ -190,11 +182,11 @@ def _noise(store: Store, change: RowChange, cfgs: dict[str, EvalConfig], cache: 
     spec = get_kind(rb.meta["task_kind"])
     classes = None
     if spec.dense or m.class_based:  # resampled within each class, as the evaluation itself does
-        (labels,) = _at(rb, shared, ("nonempty" if spec.dense else "y",))
+        (labels,) = _take(rb, pb, ("nonempty" if spec.dense else "y",))
         classes = labels if M.class_counts(labels) else None
     cfg = cfgs["b"]
     idx = resample_indices(len(shared), cfg.resamples, cfg.seed, strata=classes)
-    d = paired_bootstrap(m.fn, _at(rb, shared, m.inputs), _at(ra, shared, m.inputs), idx=idx, strata=classes, seed=cfg.seed,
+    d = paired_bootstrap(m.fn, _take(rb, pb, m.inputs), _take(ra, pa_, m.inputs), idx=idx, strata=classes, seed=cfg.seed,
                          confidence=cfg.confidence)  # fmt: skip
     change.delta, change.ci_low, change.ci_high, change.p = d.diff, d.low, d.high, d.p
 

@@ -15,15 +15,12 @@ import pyarrow as pa
 import torch
 
 from featurestore.layout.paths import new_run_id
-from featurestore.layout.records import RunRecord, code_version, list_runs, predictions_table, write_run
+from featurestore.layout.records import RUNTIME_ONLY, RunRecord, code_version, list_runs, predictions_table, write_run
 from featurestore.store import Store
 from featurestore.tasks import TaskDef, get_task
 from heads.config import TrainConfig
 from heads.lineage import data_hash
 from heads.registry import get_head
-
-# Config fields that change how a run is computed, not what it computes.
-RUNTIME_ONLY = ("progress", "device")
 
 
 def save_run(store: Store, task: TaskDef, config: dict[str, Any], feature_set_id: str, encoder: str, curve: list[dict],

@@ -23,7 +23,7 @@ What is compared by content rather than by id, and why. Feature-set ids are cont
 ``featurestore.layout.paths.new_run_id`` makes ``<feature set>-<task>-<head>-<UTC time>-<random
 hex>``, unique by design, so two stores never share one. A run is therefore keyed by its content:
 feature set, task, head, fold and a hash of its training config (without the runtime-only keys
-of ``heads.runs.RUNTIME_ONLY``). Evaluation ids (``evaluation.artifacts.eval_id_for``) hash the
+of ``featurestore.layout.records.RUNTIME_ONLY``). Evaluation ids (``evaluation.artifacts.eval_id_for``) hash the
 evaluation config with each run's id and predictions sha256, so they inherit the run ids' time
 and randomness; the snapshot recomputes the same hash with each run id replaced by its content
 key (``content_id``: equal exactly when the real eval ids would be, given equal run ids) and keys
@@ -139,7 +139,7 @@ def _feature_sets(store: Any) -> dict[str, Any]:
 def _run_keys(runs: list[Any]) -> dict[str, str]:
     """run id -> content key ``<feature set>/<task>/<head>/fold=<k>/cfg-<hash>`` (``#2``, ``#3``
     for retrainings of one config, in time order)."""
-    from heads.runs import RUNTIME_ONLY
+    from featurestore.layout.records import RUNTIME_ONLY
 
     keys: dict[str, str] = {}
     seen: dict[str, int] = {}
@@ -152,8 +152,7 @@ def _run_keys(runs: list[Any]) -> dict[str, str]:
 
 
 def _runs(store: Any, runs: list[Any], keys: dict[str, str]) -> dict[str, Any]:
-    from featurestore.layout.records import read_test_predictions
-    from heads.runs import RUNTIME_ONLY
+    from featurestore.layout.records import RUNTIME_ONLY, read_test_predictions
 
     out = {}
     for r in runs:

@@ -81,6 +81,11 @@ class _JsonRecord(Mapping):
 # -- runs --------------------------------------------------------------------------------------
 
 
+#: Training config fields that change how a run is computed, not what it computes: ignored when
+#: runs are matched for reuse (heads.runs.find_run) or compared (evaluation.diff).
+RUNTIME_ONLY = ("progress", "device")
+
+
 @dataclass(frozen=True, eq=False)
 class RunRecord(_JsonRecord):
     """One trained head: what it was trained on and how, and its test-set summary."""
