@@ -8,11 +8,16 @@ Stages (each module also runs alone; see its docstring):
 4. ``evaluation``  2,000-resample bootstraps of AUROC and mean Dice vs scikit-learn loops
 5. ``planning``    the extraction planner over 1,000,000 committed ids; a DuckDB query
 6. growth: stages 1-3 at three sizes each, the cost per image side by side
+7. ``decode``      real-size (2,500-3,000 px) DICOM, JPEG 2000, JPEG-LS, 16-bit PNG: read, decode,
+   intensity, each encoder's preprocessing, per core; the fast path vs today when present
+8. ``decode_once`` five encoders from one decode (``extract_many``) vs five separate extractions,
+   each against one decode + the sum of the five forwards (real-size random ViTs, CPU)
 
 Every figure is the median of ``--reps`` (>= 3) interleaved rounds with its min-max spread,
 and a ratio against a baseline measured in the same run (this machine is shared and noisy).
 Prints one table and writes ``benchmarks/results/<YYYY-MM-DD>-<host>.json``. The default sizes
-finish in about 7-9 minutes on 2 cores; ``--quick`` is a smoke test (seconds, not for numbers).
+finish in about 15 minutes on 2 cores (the real-size decode and decode-once stages take 3-4
+minutes each); ``--quick`` is a smoke test (seconds, not for numbers).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from benchmarks.common import Row, format_table, machine, write_results
 
-STAGES = ("store", "training", "extraction", "evaluation", "planning")
+STAGES = ("store", "training", "extraction", "evaluation", "planning", "decode", "decode_once")
 
 FULL: dict[str, dict[str, Any]] = {
     "store": {"sizes": (64, 256, 1024)},
@@ -32,6 +37,8 @@ FULL: dict[str, dict[str, Any]] = {
     "extraction": {"pixels_sizes": (16, 48, 144), "vit_n": 4, "vit_batch": 2},
     "evaluation": {"n": 10_000, "resamples": 2000},
     "planning": {"committed": 1_000_000, "query_rows": 100_000},
+    "decode": {"n": 4, "min_side": 2500, "max_side": 3000},
+    "decode_once": {"n": 1, "min_side": 2500, "max_side": 3000, "weights": "random", "batch_size": 1},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "store": {"sizes": (16, 64)},
@@ -39,6 +46,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "extraction": {"pixels_sizes": (8, 24), "vit_n": 0},
     "evaluation": {"n": 2000, "resamples": 200},
     "planning": {"committed": 20_000, "query_rows": 5_000},
+    "decode": {"n": 2, "min_side": 256, "max_side": 320},
+    "decode_once": {"n": 4, "min_side": 384, "max_side": 512, "weights": "random:tiny", "batch_size": 2},
 }
 
 
@@ -51,6 +60,10 @@ def _runner(stage: str) -> Callable[..., dict]:
         from benchmarks.extraction import run
     elif stage == "evaluation":
         from benchmarks.evaluation import run
+    elif stage == "decode":
+        from benchmarks.decode import run
+    elif stage == "decode_once":
+        from benchmarks.decode_once import run
     else:
         from benchmarks.planning import run
     return run

@@ -167,18 +167,24 @@ def run(sizes=(64, 256, 1024), reps: int = 3, batch: int = 16, sync: bool = True
                 )
             if n == middle:
                 rows.append(rate_row(STAGE, "npy per image, float32, then sync (durable)", n, t["npy durable"]))
+                durable = speedups(t["npy durable"], t["store durable"])
                 rows.append(
                     with_ratio(
                         rate_row(STAGE, "radstore write, then sync (durable)", n, t["store durable"]),
-                        speedups(t["npy durable"], t["store durable"]),
+                        durable,
                         "npy durable",
+                        ">= 1.0x",
+                        durable[0] >= 1.0,
                     )
                 )
+                fp16 = speedups(t["npy"], t["store fp16 input"])
                 rows.append(
                     with_ratio(
                         rate_row(STAGE, "radstore write, float16 input (extraction casts on the device)", n, t["store fp16 input"]),
-                        speedups(t["npy"], t["store fp16 input"]),
+                        fp16,
                         "npy",
+                        ">= 1.5x",
+                        fp16[0] >= 1.5,
                     )
                 )
                 rows.append(

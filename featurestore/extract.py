@@ -1,14 +1,21 @@
 """The extraction engine: decode + preprocess in DataLoader workers, forward, commit to the store.
 
-Usable without Prefect: ``extract(manifest, store, ExtractConfig(encoder="rad-dino"))``.
-The Prefect flow (``flows/extract.py``) calls :func:`plan` once and :func:`extract_group`
-for each shard-sized group, possibly on several Dask workers at once.
+Usable without Prefect: ``extract(manifest, store, ExtractConfig(encoder="rad-dino"))``, or
+``extract_many(manifest, store, [cfg_a, cfg_b, ...])`` to embed with several encoders while
+reading and decoding each image once (the decode of a real radiograph costs more than most
+forwards). The Prefect flow (``flows/extract.py``) calls :func:`plan_many` once and
+:func:`extract_many` for each shard-sized group, possibly on several Dask workers at once.
 
 A row's failure is that row's: a bad manifest row (:func:`featurestore.manifest.check_rows`:
 empty or unprintable image_id, an id repeated in the manifest, null or empty path), a file that
 cannot be read or decoded, or, when the store's image index has the image_id, a file whose
 bytes differ from the indexed version (sha256), is recorded in the feature set's rejects with
-its path and reason; every other image is embedded and committed.
+its path and reason; every other image is embedded and committed. An encoder's failure is that
+encoder's: each encoder has its own feature set and writer, so the others go on and commit; the
+failure is raised once every writer is closed, and a rerun extracts only what is missing.
+
+On a CUDA device an image's last steps run there (:meth:`Preprocessing.finish`): the workers
+ship the small 8/16-bit array their early reduction made, not float32.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -27,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from featurestore.config import DEVICES, ExtractConfig
 from featurestore.encoders import Encoder, load_encoder
 from featurestore.featureset import FeatureSet
-from featurestore.imageio import read_bytes, read_image, sha256_of
+from featurestore.imageio import decode, read_bytes, sha256_of
 from featurestore.manifest import Manifest, changed_bytes_reason, check_rows, load_manifest, read_failure_reason
 from featurestore.store import Store
 from featurestore.tasks import TASKS
@@ -38,14 +48,21 @@ Rejected = tuple[str, str | None, str]
 
 @dataclass
 class ExtractResult:
-    """What one extraction did: images embedded, images skipped as already committed, rows that
-    were not embedded with their path and reason, and the seconds it took."""
+    """What one extraction did for one encoder: images embedded, images skipped as already
+    committed, rows that were not embedded with their path and reason, and where the seconds
+    went: waiting for decoded input (shared by the encoders of one :func:`extract_many`), this
+    encoder's forward passes, and its writes to the store."""
 
     feature_set_id: str
     done: int = 0
     skipped: int = 0
     rejected: list[Rejected] = field(default_factory=list)  # (image_id, manifest path, reason)
     seconds: float = 0.0
+    encoder: str = ""
+    wait_s: float = 0.0
+    forward_s: float = 0.0
+    commit_s: float = 0.0
+    loop_s: float = 0.0  # time inside the extraction loops, summed over groups that ran at once
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -63,6 +80,10 @@ class ExtractResult:
         self.skipped += other.skipped
         self.rejected.extend(other.rejected)
         self.seconds += other.seconds
+        self.wait_s += other.wait_s
+        self.forward_s += other.forward_s
+        self.commit_s += other.commit_s
+        self.loop_s += other.loop_s
         return self
 
     def summary(self) -> str:
@@ -70,6 +91,16 @@ class ExtractResult:
         return (
             f"feature set {self.feature_set_id}: {self.done} extracted, {self.skipped} already there, "
             f"{len(self.failed)} failed, {self.images_per_s:.1f} images/s"
+        )
+
+    def profile_line(self) -> str:
+        """Where the time went (``--profile``): shares of the time inside the extraction loops
+        (of every group, when groups ran at once), and images/s over the wall time."""
+        total = self.loop_s or self.seconds
+        share = (lambda s: s / total) if total > 0 else (lambda s: 0.0)
+        return (
+            f"profile {self.encoder}: {self.done} images, {self.images_per_s:.2f} images/s; input wait {share(self.wait_s):.1%}, "
+            f"forward {share(self.forward_s):.1%}, commit {share(self.commit_s):.1%}"
         )
 
 
@@ -88,6 +119,20 @@ class Plan:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class MultiPlan:
+    """One :class:`Plan` per encoder and the groups of images that at least one of them still
+    needs (manifest order, at most the smallest shard size each): what one decode feeds."""
+
+    plans: list[Plan]
+    groups: list[list[str]]
+
+    @property
+    def feature_set_ids(self) -> list[str]:
+        """The feature set of each encoder, in the order of the configurations."""
+        return [p.feature_set_id for p in self.plans]
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for a ``--device`` choice; ``auto`` prefers CUDA, then MPS, then the CPU.
     Raises ValueError for a name outside DEVICES."""
@@ -102,7 +147,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@functools.lru_cache(maxsize=4)
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and ``taskset`` set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def workers_for(cfg: ExtractConfig) -> int:
+    """DataLoader processes: ``cfg.num_workers`` when given, else the cores available minus the
+    one that runs the forward and the commits (at least one)."""
+    return cfg.num_workers if cfg.num_workers is not None else max(1, available_cores() - 1)
+
+
+def batch_size_for(cfg: ExtractConfig, device: torch.device) -> int:
+    """Images per forward: ``cfg.batch_size`` when given, else sized to the device (a GPU wants
+    large batches to stay busy; a CPU gains nothing from them and holds them in memory)."""
+    if cfg.batch_size is not None:
+        return cfg.batch_size
+    return 64 if device.type == "cuda" else 16
+
+
+@functools.lru_cache(maxsize=8)
 def _cached_encoder(name: str, weights: str | None, size: int | None, bits: int | None, intensity: str | None, device: str) -> Encoder:
     """One model per process and configuration (a Dask worker runs many groups)."""
     return load_encoder(name, weights, size=size, bits=bits, intensity=intensity).to(device)
@@ -121,46 +188,65 @@ def feature_set_for(store: Store, cfg: ExtractConfig) -> FeatureSet:
     spec = encoder.spec(cfg.dtype)
     if cfg.shard_images:
         spec = dataclasses.replace(spec, shard_images=cfg.shard_images)
-    return store.create_feature_set(spec, legacy_fingerprint=lambda: encoder.legacy_fingerprint)
+    fs = store.create_feature_set(spec, legacy_fingerprint=lambda: encoder.legacy_fingerprint)
+    _remember(cfg, fs.id)
+    return fs
+
+
+def _remember(cfg: ExtractConfig, feature_set_id: str) -> None:
+    """Tell the describe cache which feature set ``cfg`` makes, so a rerun with nothing new can
+    say so without loading the model (:mod:`featurestore.describe`)."""
+    try:
+        from featurestore import describe
+    except ImportError:  # pragma: no cover - the cache is an optimisation
+        return
+    describe.remember(cfg, feature_set_id)
 
 
 class _Images(Dataset):
-    """Rows (image_id, manifest path, uri, format, indexed sha256 or None) -> preprocessed tensors;
-    a row that cannot be read, decoded or preprocessed, or whose bytes differ from the indexed
-    sha256, comes back with its error instead."""
+    """Rows (image_id, manifest path, uri, format, indexed sha256 or None, encoders needing it) ->
+    each needing encoder's input, from one read and one decode; a row that cannot be read or
+    decoded, or whose bytes differ from the indexed sha256, comes back with its error for every
+    encoder, and an input one encoder cannot make with the error for that encoder."""
 
-    def __init__(self, rows: list[tuple[str, str, str, str | None, str | None]], encoder: Encoder, extra: dict[str, dict] | None = None):
+    def __init__(self, rows: list[tuple], encoders: list[Encoder], extra: list[dict[str, dict]], on_device: bool):
         self.rows = rows
-        self.encoder = encoder
-        self.extra = extra or {}  # image_id -> the encoder's manifest columns
+        self.encoders = encoders
+        self.extra = extra  # per encoder: image_id -> its manifest columns
+        self.on_device = on_device
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
-        image_id, path, uri, fmt, indexed = self.rows[i]
-        out = {"image_id": image_id, "path": path, "x": None, "sha256": None, "error": None}
+        image_id, path, uri, fmt, indexed, needs = self.rows[i]
+        out = {"image_id": image_id, "path": path, "x": {}, "sha256": None, "error": None, "errors": {}}
         try:
             data = read_bytes(uri)
             if indexed is not None and (sha := sha256_of(data)) != indexed:
                 out["error"] = changed_bytes_reason(indexed, sha, "not embedded: the image index holds the earlier version")
                 return out
-            img = read_image(uri, data=data, format=fmt, **self.encoder.preprocessing.decode_options())
-            row = {"image_id": image_id, **self.extra.get(image_id, {})}
-            out.update(x=self.encoder.input_for(img.pixels, row), sha256=img.meta.sha256)
+            decoded = decode(uri, data=data, format=fmt)
+            out["sha256"] = decoded.meta.sha256
         except Exception as e:  # noqa: BLE001 - a failure of one image must not stop the rest
             out["error"] = read_failure_reason(e)
+            return out
+        for k in needs:
+            enc = self.encoders[k]
+            try:
+                if enc.manifest_columns:  # an input built from more than the pixels (the positive control)
+                    pixels = decoded.image(**enc.preprocessing.decode_options()).pixels
+                    out["x"][k] = enc.input_for(pixels, {"image_id": image_id, **self.extra[k].get(image_id, {})})
+                else:
+                    out["x"][k] = enc.preprocessing.prepare(decoded, on_device=self.on_device)
+            except Exception as e:  # noqa: BLE001
+                out["errors"][k] = read_failure_reason(e)
         return out
 
 
-def _collate(items: list[dict]) -> dict:
-    ok = [it for it in items if it["error"] is None]
-    return {
-        "ids": [it["image_id"] for it in ok],
-        "x": torch.stack([it["x"] for it in ok]) if ok else None,
-        "sha256": [it["sha256"] for it in ok],
-        "failed": [(it["image_id"], it["path"], it["error"]) for it in items if it["error"] is not None],
-    }
+def _as_is(item: dict) -> dict:
+    """The loader's collate for single images: batches are formed by the extraction loop."""
+    return item
 
 
 def _extra_columns(enc: Encoder, manifest: Manifest, rows: dict[str, dict], ids: list[str]) -> dict[str, dict]:
@@ -220,6 +306,45 @@ def plan(manifest: str | Manifest, store: Store, cfg: ExtractConfig, allocate: b
     return Plan(fs.id, groups, shards, skipped=len(ids) - len(todo), rejected=_rejected(errors))
 
 
+def plan_many(manifest: str | Manifest, store: Store, cfgs: Sequence[ExtractConfig]) -> MultiPlan:
+    """:func:`plan` for each configuration, and the images any of them still needs grouped by
+    the smallest of their shard sizes, so that each group is decoded once for all of them."""
+    m = _manifest(manifest)
+    check_distinct(cfgs)
+    plans = [plan(m, store, c) for c in cfgs]
+    needed = {i for p in plans for g in p.groups for i in g}
+    order = [i for i in m.table.column("image_id").to_pylist() if i in needed]
+    order = list(dict.fromkeys(order))
+    size = min(store.feature_set(p.feature_set_id).spec.shard_images for p in plans) if plans else 1
+    return MultiPlan(plans, [order[k : k + size] for k in range(0, len(order), size)])
+
+
+def check_distinct(cfgs: Sequence[ExtractConfig]) -> None:
+    """Two configurations of one extraction must differ in encoder or settings: the same one
+    twice would write the same feature set from two writers of one process."""
+    from featurestore.errors import RadstoreError
+
+    seen: set[tuple] = set()
+    for c in cfgs:
+        key = (c.encoder, c.weights, c.size, c.bits, c.intensity, c.dtype)
+        if key in seen:
+            raise RadstoreError(f"encoder {c.encoder!r} is listed twice with the same settings; list each encoder once")
+        seen.add(key)
+
+
+@dataclass
+class _Job:
+    """One encoder's share of an extraction: its model, feature set, writer and counts."""
+
+    cfg: ExtractConfig
+    enc: Encoder
+    fs: FeatureSet
+    result: ExtractResult
+    writer: object = None
+    todo: set[str] = field(default_factory=set)
+    error: BaseException | None = None
+
+
 def extract_group(
     manifest_url: str | Manifest,
     store: Store,
@@ -230,64 +355,161 @@ def extract_group(
 ) -> ExtractResult:
     """Extract ``image_ids`` (default: the whole manifest, its bad rows rejected) into the feature
     set; skip committed ones. A file whose bytes differ from the store's image index is rejected."""
+    return extract_many(manifest_url, store, [cfg], image_ids, shards=shards, desc=desc)[0]
+
+
+def extract_many(
+    manifest_url: str | Manifest,
+    store: Store,
+    cfgs: Sequence[ExtractConfig],
+    image_ids: list[str] | None = None,
+    shards: list[int] = (),
+    desc: str | None = None,
+) -> list[ExtractResult]:
+    """Extract ``image_ids`` (default: the whole manifest) with every encoder of ``cfgs``: each
+    image is read and decoded once and fed to the preprocessing of every encoder whose feature
+    set does not hold it yet; each encoder commits to its own feature set. ``shards`` (claimed
+    shards) only with one configuration. Returns one result per configuration, in order; if an
+    encoder failed, its error is raised after every writer has committed what it had."""
     from tqdm import tqdm
 
+    if not cfgs:
+        return []
+    if shards and len(cfgs) > 1:
+        raise ValueError("pre-claimed shards belong to one feature set: pass them with one configuration")
+    check_distinct(cfgs)
     manifest = _manifest(manifest_url)
-    enc = encoder_for(cfg)
-    fs = feature_set_for(store, cfg)
+    jobs = []
+    for c in cfgs:
+        enc = encoder_for(c)
+        fs = feature_set_for(store, c)
+        jobs.append(_Job(c, enc, fs, ExtractResult(fs.id, encoder=c.encoder)))
     valid, errors = check_rows(manifest, action="embedded")
-    cols = [c for c in ("image_id", "path", "format", *enc.manifest_columns) if c in manifest.table.column_names]
-    table = manifest.table.select(cols).take(valid)
+    columns = {"image_id", "path", "format", *(col for j in jobs for col in j.enc.manifest_columns)}
+    table = manifest.table.select([c for c in manifest.table.column_names if c in columns]).take(valid)
     if image_ids is not None:
         table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(image_ids, pa.string())))
     rows = {r["image_id"]: r for r in table.to_pylist()}
-    result = ExtractResult(fs.id)
     if image_ids is None:
         wanted = list(rows)
-        result.rejected.extend(_rejected(errors))
+        bad = _rejected(errors)
     else:
         wanted = [i for i in image_ids if i in rows]
-        result.rejected.extend(
+        bad = [
             (i, None, "no longer a usable row of the manifest (it changed after the extraction was planned); run the extraction again")
             for i in image_ids
             if i not in rows
-        )
+        ]
     t0 = time.perf_counter()
-    device = enc.device
+    device = jobs[0].enc.device
+    on_device = device.type == "cuda" if cfgs[0].device_preprocess is None else cfgs[0].device_preprocess
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with fs.writer(shards=shards) as writer:
-        todo = [i for i in wanted if i not in writer.skip]
-        result.skipped = len(wanted) - len(todo)
+    sync = torch.cuda.synchronize if (device.type == "cuda" and cfgs[0].profile) else (lambda: None)
+    with contextlib.ExitStack() as stack:
+        for j in jobs:
+            j.writer = j.fs.writer(shards=shards)
+            stack.callback(_close, j)
+            j.todo = {i for i in wanted if i not in j.writer.skip}
+            j.result.skipped = len(wanted) - len(j.todo)
+            j.result.rejected.extend(bad)
+        todo = [i for i in wanted if any(i in j.todo for j in jobs)]
         indexed = indexed_sha256(store, todo)
-        items = [(i, rows[i]["path"], manifest.resolve(rows[i]["path"]), rows[i].get("format"), indexed.get(i)) for i in todo]
+        items = [
+            (i, rows[i]["path"], manifest.resolve(rows[i]["path"]), rows[i].get("format"), indexed.get(i),
+             tuple(k for k, j in enumerate(jobs) if i in j.todo))
+            for i in todo
+        ]  # fmt: skip
+        extra = [_extra_columns(j.enc, manifest, rows, todo) for j in jobs]
+        batch = max(batch_size_for(c, device) for c in cfgs)
+        workers = max(workers_for(c) for c in cfgs) if len(items) > batch else 0
+        # One image per worker task, batched here: every worker decodes while a batch fills
+        # (a worker per batch would leave most of them idle on a few hundred images and a GPU's
+        # large batches); enough in flight for two batches ahead.
         loader = DataLoader(
-            _Images(items, enc, _extra_columns(enc, manifest, rows, todo)),
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers if len(items) > cfg.batch_size else 0,
-            collate_fn=_collate,
+            _Images(items, [j.enc for j in jobs], extra, on_device),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_as_is,
             pin_memory=device.type == "cuda",
+            prefetch_factor=max(2, -(-2 * batch // workers)) if workers else None,
             persistent_workers=False,
         )
-        bar = tqdm(total=len(items), desc=desc or f"extract {fs.id}", unit="img", disable=not cfg.progress, dynamic_ncols=True)
+        names = ", ".join(c.encoder for c in cfgs)
+        bar = tqdm(total=len(items), desc=desc or f"extract {names}", unit="img", disable=not cfgs[0].progress, dynamic_ncols=True)
         with torch.inference_mode():
-            for batch in loader:
-                bar.update(len(batch["ids"]) + len(batch["failed"]))
-                result.rejected.extend(batch["failed"])
-                if not batch["ids"]:
-                    continue
-                x = batch["x"].to(device, non_blocking=True)
-                with autocast:
-                    out = enc.embed(x)
-                # Cast on the device: the store keeps float16, and numpy's cast is slow.
-                patches = out.patches.to(getattr(torch, cfg.dtype))
-                writer.write(
-                    batch["ids"], out.global_.float(), patches, sha256=batch["sha256"], extras={k: v.float() for k, v in out.extras.items()}
-                )
-                result.done += len(batch["ids"])
+            it = iter(loader)
+            while True:
+                tw = time.perf_counter()
+                got = list(itertools.islice(it, batch))
+                wait = time.perf_counter() - tw
+                for j in jobs:
+                    j.result.wait_s += wait
+                if not got:
+                    break
+                bar.update(len(got))
+                for k, j in enumerate(jobs):
+                    if j.error is None:
+                        _embed_batch(j, k, got, device, autocast, sync)
         bar.close()
-    record_rejected(fs, result.rejected)
-    result.seconds = time.perf_counter() - t0
-    return result
+    for j in jobs:
+        record_rejected(j.fs, j.result.rejected)
+        j.result.seconds = j.result.loop_s = time.perf_counter() - t0
+    failed = [j for j in jobs if j.error is not None]
+    if failed:
+        raise failed[0].error
+    return [j.result for j in jobs]
+
+
+def _embed_batch(job: _Job, k: int, items: list[dict], device: torch.device, autocast, sync) -> None:
+    """One encoder's part of a loader batch: its failed rows recorded, the rest embedded in
+    batches of its own size and written. An exception stops this encoder only."""
+    mine = [it for it in items if k in it["x"] or k in it["errors"] or (it["error"] is not None and it["image_id"] in job.todo)]
+    for it in mine:
+        if it["error"] is not None or k in it["errors"]:
+            job.result.rejected.append((it["image_id"], it["path"], it["error"] or it["errors"][k]))
+    ok = [it for it in mine if k in it["x"]]
+    step = batch_size_for(job.cfg, device)
+    try:
+        for s in range(0, len(ok), step):
+            part = ok[s : s + step]
+            t = time.perf_counter()
+            xs = [it["x"][k] for it in part]
+            if job.enc.manifest_columns:
+                x = torch.stack(xs).to(device, non_blocking=True)
+            else:
+                x = job.enc.preprocessing.finish(xs, device)
+            with autocast:
+                out = job.enc.embed(x)
+            # Cast on the device: the store keeps float16 (or quantises from it), and numpy's cast is slow.
+            patches = out.patches.to(torch.float16 if job.cfg.dtype == "int8" else getattr(torch, job.cfg.dtype))
+            sync()
+            t1 = time.perf_counter()
+            job.writer.write(
+                [it["image_id"] for it in part],
+                out.global_.float(),
+                patches,
+                sha256=[it["sha256"] for it in part],
+                extras={n: v.float() for n, v in out.extras.items()},
+            )
+            job.result.forward_s += t1 - t
+            job.result.commit_s += time.perf_counter() - t1
+            job.result.done += len(part)
+    except Exception as e:  # noqa: BLE001 - the other encoders go on; raised at the end
+        job.error = e
+        _close(job)
+
+
+def _close(job: _Job) -> None:
+    """Commit what the encoder's writer holds (its validated rows) and stop it; once."""
+    w, job.writer = job.writer, None
+    if w is None:
+        return
+    t = time.perf_counter()
+    try:
+        w.close()
+    except Exception as e:  # noqa: BLE001
+        job.error = job.error or e
+    job.result.commit_s += time.perf_counter() - t
 
 
 def extract(manifest_url: str | Manifest, store: Store, cfg: ExtractConfig) -> ExtractResult:
@@ -298,7 +520,7 @@ def extract(manifest_url: str | Manifest, store: Store, cfg: ExtractConfig) -> E
 def stack_results(results: list[ExtractResult], wall_seconds: float | None = None) -> ExtractResult:
     """One result for several groups: counts and failures summed; ``wall_seconds`` replaces the summed
     seconds when the groups ran concurrently."""
-    out = ExtractResult(results[0].feature_set_id if results else "")
+    out = ExtractResult(results[0].feature_set_id if results else "", encoder=results[0].encoder if results else "")
     for r in results:
         out.merge(r)
     if wall_seconds is not None:

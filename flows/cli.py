@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from flows.cli_options import (
-    ENCODER_CHOICES,
     EVAL_OPTIONS,
     EXTRACT_OPTIONS,
     TRAIN_OPTIONS,
     config_option,
     config_values,
+    encoder_list,
 )
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
@@ -34,7 +34,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from featurestore.synth.cohort import SynthConfig, synthesize
 
     cfg = SynthConfig(n=args.n, seed=args.seed, min_side=args.min_side, max_side=args.max_side, workers=args.workers,
-                      split=args.split)  # fmt: skip
+                      split=args.split, compression=args.compression)  # fmt: skip
     manifest = synthesize(args.out, cfg, progress=not args.quiet)
     print(f"wrote {cfg.n} images and {manifest}")
     if args.preview:
@@ -162,19 +162,29 @@ def cmd_store_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    """``radstore extract``: run the extraction flow, print its message and the feature set id; exits 1
-    if images failed, 2 if the flow did."""
+    """``radstore extract``: run the extraction flow (every listed encoder from one decode of each
+    image), print its message and each feature set id; exits 0, 1 if images failed, 2 on an error.
+    With nothing new to extract it says so before Prefect starts."""
+    from featurestore.config import ExtractConfig
+    from flows.noop import complete_feature_sets
+
+    names = args.encoder
+    opts = config_values(args, ExtractConfig, EXTRACT_OPTIONS)
+    # Nothing new: say so from the store and the describe cache, without a model or Prefect.
+    done = complete_feature_sets(args.manifest, args.store, [ExtractConfig(encoder=n, **opts) for n in names])
+    if done is not None:
+        print("\n".join([*(c.line() for c in done), *(c.feature_set_id for c in done)]))
+        return EXIT_OK
     from featurestore.encoders import preflight
     from featurestore.manifest import error_line, load_manifest
 
     # Fail in one line, before Prefect starts, on what a user must fix (weights, manifest).
-    preflight(args.encoder, args.weights)
+    for name in names:
+        preflight(name, args.weights)
     load_manifest(args.manifest)
-    from featurestore.config import ExtractConfig
     from flows.extract import run_extraction
 
-    opts = config_values(args, ExtractConfig, EXTRACT_OPTIONS)
-    state = run_extraction(args.runner, manifest=args.manifest, store=args.store, encoder=args.encoder, **opts)
+    state = run_extraction(args.runner, manifest=args.manifest, store=args.store, encoder=",".join(names), **opts)
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):
         print(f"error: {out}", file=sys.stderr)
@@ -182,8 +192,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     for image_id, path, reason in out["rejected"]:
         print(error_line(image_id, path, reason), file=sys.stderr)
     print(state.message)
-    print(out["feature_set_id"])
-    return EXIT_PARTIAL if out["failed"] else EXIT_OK
+    for r in out["results"]:
+        if args.profile:
+            print(r["profile"])
+        print(r["feature_set_id"])
+    return EXIT_PARTIAL if any(r["failed"] for r in out["results"]) else EXIT_OK
 
 
 def _train_config(args: argparse.Namespace) -> dict:
@@ -209,6 +222,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         load_labels(get_task(t), fs, args.manifest, store)
     heads = list(all_heads()) if args.head == "all" else [args.head]
     folds = list(range(args.folds)) if args.fold == "all" else [None if args.fold is None else int(args.fold)]
+    from flows.noop import train_noop
+
+    reused = train_noop(args.store, args.feature_set, tasks, heads, folds, args.manifest, _train_config(args))
+    if reused:  # every run exists with the same config and data: nothing to train, no Prefect
+        print(reused)
+        return EXIT_OK
     if len(tasks) * len(heads) * len(folds) == 1:
         from flows.train import train_head
         from heads.config import TrainConfig
@@ -348,6 +367,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     from featurestore.store import Store
 
     cfg = _study_config(args)
+    from flows.noop import study_noop
+
+    unchanged = study_noop(cfg)
+    if unchanged:  # nothing new since the last study: its evaluation and report stand
+        print(unchanged)
+        return EXIT_OK
     from flows.study import run_study
 
     out = run_study(cfg)
@@ -392,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``radstore`` parser; choices and defaults come from the configs and registries."""
     from evaluation.config import CI_METHODS, EvalConfig
     from evaluation.metrics import EMPTY_CONVENTIONS
-    from featurestore.config import BITS, DEVICES, INTENSITIES, ExtractConfig
+    from featurestore.config import BITS, DEVICES, INTENSITIES, STORAGE_DTYPES, ExtractConfig
     from featurestore.synth.cohort import SynthConfig
     from featurestore.tasks import TASKS, all_heads
     from heads.config import SEG_LOSSES, SOLVERS, TrainConfig
@@ -411,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     s.add_argument("--split", type=_split, default=SynthConfig.split, metavar="TRAIN,VAL,TEST",
                    help="fractions of patients per split (default: %(default)s)")  # fmt: skip
+    s.add_argument("--compression", choices=SynthConfig.COMPRESSIONS, default="none",
+                   help="DICOM pixel data: uncompressed or a lossless transfer syntax (default: none)")  # fmt: skip
     s.add_argument("--preview", nargs="?", const=True, default=False, help="also write a contact sheet PNG (default OUT/preview.png)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
@@ -433,9 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--encoder",
         required=True,
-        choices=ENCODER_CHOICES,
-        metavar="ENCODER",
-        help="one of the registered encoders: %(choices)s (radstore encoders lists them)",
+        type=encoder_list,
+        metavar="ENCODER[,ENCODER...]",
+        help="one or more registered encoders, comma-separated: each image is decoded once for all of them (radstore encoders lists them)",
     )
     config_option(
         s, ExtractConfig, "weights", "model folder, 'random' or 'random:tiny' (default: $RADSTORE_WEIGHTS_DIR/<encoder>, then the HF cache)"
@@ -449,10 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
         "window: DICOM display pipeline (default); minmax: the study's per-image min-max stretch",
         choices=INTENSITIES,
     )
-    config_option(s, ExtractConfig, "batch_size", "images per forward pass")
+    config_option(s, ExtractConfig, "batch_size", "images per forward pass (default: 16 on CPU, 64 on CUDA)", type=int)
     config_option(s, ExtractConfig, "device", "where the encoder runs", choices=DEVICES)
-    config_option(s, ExtractConfig, "num_workers", "DataLoader processes decoding images")
+    config_option(
+        s, ExtractConfig, "num_workers", "DataLoader processes decoding images (default: the cores available minus one)", type=int
+    )
     config_option(s, ExtractConfig, "shard_images", "images per shard of a new feature set (0: chosen by size)")
+    config_option(s, ExtractConfig, "dtype", "storage dtype of the patch grids; another dtype is another feature set",
+                  choices=STORAGE_DTYPES)  # fmt: skip
+    s.add_argument("--profile", action="store_true", help="print where the wall time went: input wait, forward, commit (per encoder)")
     s.add_argument("--runner", default="local", help="local, dask (a LocalCluster) or dask:ADDRESS (an existing cluster)")
     s.set_defaults(func=cmd_extract)
 

@@ -46,6 +46,23 @@ def _encoder_names() -> Sequence[str]:
 ENCODER_CHOICES = LazyChoices(_encoder_names)
 
 
+def encoder_list(text: str) -> list[str]:
+    """``--encoder a,b,c`` -> the names, each a registered encoder, none twice (argparse type)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one encoder name")
+    from featurestore.describe import registrations
+
+    known = registrations()  # read from the adapters' source, without importing torch
+    unknown = [n for n in names if n not in known and n not in ENCODER_CHOICES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown encoder(s) {', '.join(map(repr, unknown))}; choose from {', '.join(ENCODER_CHOICES)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"encoder(s) listed twice: {', '.join(twice)}")
+    return names
+
+
 def config_option(p: argparse.ArgumentParser, cls: type, name: str, help: str, **kw: Any) -> None:
     """``--name`` for field ``name`` of config dataclass ``cls``: its default (and type) come
     from the dataclass, so a default is changed in one place and the CLI follows."""
@@ -79,5 +96,5 @@ TRAIN_OPTIONS = (
     "folds",
     "solver",
 )
-EXTRACT_OPTIONS = ("weights", "size", "bits", "intensity", "batch_size", "device", "num_workers", "shard_images")
+EXTRACT_OPTIONS = ("weights", "size", "bits", "intensity", "batch_size", "device", "num_workers", "shard_images", "dtype", "profile")
 EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold", "min_class_count")

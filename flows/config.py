@@ -28,7 +28,7 @@ class EncoderEntry:
     size: int | None = None
     bits: int | None = None
     intensity: str | None = None  # window (default) or minmax: the study's per-image stretch
-    batch_size: int = 16
+    batch_size: int | None = None  # None: sized to the device (featurestore.extract.batch_size_for)
 
     def __post_init__(self) -> None:
         from featurestore.config import BITS, INTENSITIES
@@ -65,7 +65,7 @@ class StudyConfig:
     report: str | None = None  # report directory; None: <store>/../report for a local store, no report for a remote one
     runner: str = "local"  # local | dask (a LocalCluster) | dask:tcp://scheduler:8786 (an existing cluster)
     device: str = "auto"
-    num_workers: int = 1  # image-decoding processes per extraction task
+    num_workers: int | None = None  # image-decoding processes per extraction task; None: the cores available minus one
     schedule: str = "0 2 * * *"  # cron of the nightly backfill deployment (radstore serve)
     timezone: str = "UTC"
 

@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from featurestore.config import ExtractConfig
 from featurestore.store import Store
 from flows import prefect_env  # noqa: F401
 from flows.config import StudyConfig, load_config
@@ -62,21 +63,14 @@ def report_task(store: str, out: str, eval_id: str, storage_options: dict | None
     return str(write_report(Store.open(store, storage_options=storage_options), out, eval_id))
 
 
-def _extract(cfg: StudyConfig, enc, weights: str | None) -> dict:
-    state = run_extraction(
-        cfg.runner,
-        manifest=cfg.manifest,
-        store=cfg.store,
-        encoder=enc.name,
-        weights=weights,
-        size=enc.size,
-        bits=enc.bits,
-        intensity=enc.intensity,
-        batch_size=enc.batch_size,
-        device=cfg.device,
-        num_workers=cfg.num_workers,
-        storage_options=cfg.storage_options or None,
-    )
+def _extract(cfg: StudyConfig, chosen: dict[str, str | None]) -> dict:
+    """Every encoder in one extraction: each image is read and decoded once for all of them."""
+    configs = [
+        ExtractConfig(encoder=enc.name, weights=chosen[enc.name], size=enc.size, bits=enc.bits, intensity=enc.intensity,
+                      batch_size=enc.batch_size, device=cfg.device, num_workers=cfg.num_workers).to_json()
+        for enc in cfg.encoders
+    ]  # fmt: skip
+    state = run_extraction(cfg.runner, manifest=cfg.manifest, store=cfg.store, configs=configs, storage_options=cfg.storage_options or None)
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):
         raise out
@@ -92,21 +86,15 @@ def _embed_all(cfg: StudyConfig, timings: dict[str, float]) -> tuple[dict[str, s
     timings["ingest"] = time.perf_counter() - t
     log.info("ingest: %s", ing["summary"])
     t = time.perf_counter()
+    chosen = {enc.name: weights_task(enc.name, enc.weights, cfg.missing_weights) for enc in cfg.encoders}
+    out = _extract(cfg, chosen)
     feature_sets: dict[str, str] = {}
     extracted: dict[str, dict] = {}
-    for enc in cfg.encoders:
-        weights = weights_task(enc.name, enc.weights, cfg.missing_weights)
-        out = _extract(cfg, enc, weights)
-        feature_sets[enc.name] = out["feature_set_id"]
-        extracted[enc.name] = {"done": out["done"], "skipped": out["skipped"], "failed": len(out["failed"]), "weights": weights}
-        log.info(
-            "%s -> %s: %d new, %d already in the store, %d failed",
-            enc.name,
-            out["feature_set_id"],
-            out["done"],
-            out["skipped"],
-            len(out["failed"]),
-        )
+    for enc, r in zip(cfg.encoders, out["results"]):
+        feature_sets[enc.name] = r["feature_set_id"]
+        extracted[enc.name] = {"done": r["done"], "skipped": r["skipped"], "failed": len(r["failed"]), "weights": chosen[enc.name]}
+        log.info("%s -> %s: %d new, %d already in the store, %d failed", enc.name, r["feature_set_id"], r["done"], r["skipped"],
+                 len(r["failed"]))  # fmt: skip
     timings["extract"] = time.perf_counter() - t
     return feature_sets, extracted
 

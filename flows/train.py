@@ -13,8 +13,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from featurestore.store import Store
-from featurestore.tasks import TASKS, all_heads
 from flows import prefect_env  # noqa: F401
+from heads.config import grid_configs
 from heads.train import TrainConfig, train
 
 
@@ -53,20 +53,6 @@ def train_head(
     _publish(feature_set, [row])
     get_run_logger().info("run %s: %s", row["run_id"], {k: v for k, v in row.items() if k != "run_id"})
     return row["run_id"]
-
-
-def grid_configs(
-    tasks: list[str] | None, heads: list[str] | None, folds: list[int | None] | None, base: dict | None = None
-) -> list[TrainConfig]:
-    """Every (task, head, fold) that makes sense: a head only where its task kind takes it."""
-    out = []
-    for t in tasks or list(TASKS):
-        for h in heads or list(all_heads()):
-            if h not in TASKS[t].spec.heads:
-                continue
-            for f in folds or [None]:
-                out.append(TrainConfig(task=t, head=h, **{**(base or {}), "fold": f}))
-    return out
 
 
 @flow(name="train-grid", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))

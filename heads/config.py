@@ -81,3 +81,20 @@ class TrainConfig:
         d = asdict(self)
         d["refiner_channels"] = list(self.refiner_channels)
         return d
+
+
+def grid_configs(tasks: list[str] | None, heads: list[str] | None, folds: list[int | None] | None,
+                 base: dict | None = None) -> list[TrainConfig]:  # fmt: skip
+    """Every (task, head, fold) that makes sense: a head only where its task kind takes it. The one
+    grid the study, ``radstore train`` and the no-op check all build (``None``: every task, every
+    head, the manifest's split)."""
+    from featurestore.tasks import TASKS, all_heads
+
+    out = []
+    for t in tasks or list(TASKS):
+        for h in heads or list(all_heads()):
+            if h not in TASKS[t].spec.heads:
+                continue
+            for f in folds or [None]:
+                out.append(TrainConfig(task=t, head=h, **{**(base or {}), "fold": f}))
+    return out

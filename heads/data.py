@@ -379,7 +379,7 @@ class StreamingLoader:
                 out["patches"], out["prow"] = mapped
             elif one_shard:
                 s = self.fs.spec.shard_images
-                buf = self._shard_bufs.get((max(s, len(rows)), *self.fs.spec.grid), self.fs.spec.dtype)
+                buf = self._shard_bufs.get((max(s, len(rows)), *self.fs.spec.grid), self.fs.spec.read_dtype)
                 out["patches"] = self.fs.read_span(rows, out=buf[: len(rows)])
             else:
                 out["patches"] = self.fs.read_rows(rows)

@@ -104,7 +104,7 @@ def test_made_up_encoder_extracts_and_is_offered_everywhere(half_pixels, cohort,
     assert fs.spec.encoder == half_pixels and len(fs) == 24 and fs.spec.grid == (16, 16, 16)
 
     args = build_parser().parse_args(["extract", "--manifest", "m", "--store", "s", "--encoder", half_pixels])
-    assert args.encoder == half_pixels
+    assert args.encoder == [half_pixels]  # a registered name is accepted (comma-separated lists too)
     assert half_pixels in [e.name for e in StudyConfig().encoders]  # the default grid is every registered encoder
     StudyConfig(encoders=[half_pixels])  # and a config naming it validates
     assert f"`{half_pixels}`" in R.readme_table()

@@ -23,13 +23,16 @@ offset is floored (transformers' ``center_crop``) or rounded half to even (torch
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from featurestore.config import INTENSITIES
+
+if TYPE_CHECKING:
+    from featurestore.imageio import Decoded
 
 RESIZE_MODES = ("shortest_edge_crop", "squash")
 #: How the resized long edge and the crop offset round: "floor" (truncate) or "round" (Python's round).
@@ -124,6 +127,10 @@ class Preprocessing:
     def _geometry_8bit(self, u8: torch.Tensor) -> torch.Tensor:
         """The resize and crop of an 8-bit [H, W] image by the library the model's processor uses
         (:data:`RESAMPLERS`), -> [size, size] float32 in [0, 1]."""
+        return self._crop_8bit(u8).to(torch.float32) / 255.0
+
+    def _crop_8bit(self, u8: torch.Tensor) -> torch.Tensor:
+        """:meth:`_geometry_8bit` before the scaling: the [size, size] uint8 crop."""
         h, w = u8.shape
         nh, nw = self.resized_shape(h, w)
         if self.resampler == "pil":
@@ -138,7 +145,7 @@ class Preprocessing:
             mode = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
             out = tvF.resize(u8[None], [nh, nw], interpolation=mode, antialias=True)[0]
         top, left = (0, 0) if self.resize == "squash" else (self._offset(nh), self._offset(nw))
-        return out[top : top + self.size, left : left + self.size].to(torch.float32) / 255.0
+        return out[top : top + self.size, left : left + self.size]
 
     def _offset(self, n: int) -> int:
         if self.crop_offset == "round":
@@ -170,9 +177,56 @@ class Preprocessing:
             if self.bits == 8:
                 t = torch.round(t * 255.0) / 255.0
             t = self.geometry(t, self.interpolation).clamp_(0.0, 1.0)[0, 0]
+        return self._normalise(t)
+
+    def prepare(self, decoded: Decoded, on_device: bool = False) -> torch.Tensor:
+        """A decoded file -> the model input, equal to ``__call__`` on its decoded image, reading
+        the 8-bit image through the reader's table (:meth:`featurestore.imageio.Decoded.uint8`)
+        instead of rounding a float copy.
+
+        ``on_device=False``: the normalised [3, size, size] float32. ``on_device=True``: the
+        smallest array that still determines the input exactly, for :meth:`finish` on the
+        device: 8-bit input resized by the processor's library gets its [size, size] uint8
+        crop (that uint8 resize runs here, as the processor runs it on the CPU: a float resize
+        on the GPU would differ from it by up to 2/255); otherwise the whole image, [H, W]
+        uint8 (8-bit) or uint16 on the 0..65535 scale (16-bit), which :meth:`finish` resizes
+        in float, the reference's own float operation."""
+        if self.bits == 8 and self.resampler != "torch":
+            crop = self._crop_8bit(torch.from_numpy(decoded.uint8(self.intensity, self.depth_rule)))
+            return crop if on_device else self._normalise(crop.to(torch.float32) / 255.0)
+        if not on_device:
+            return self(decoded.image(**self.decode_options()).pixels)
+        if self.bits == 8:  # __call__'s stretch is the identity on the reader's minmax output
+            return torch.from_numpy(decoded.uint8(self.intensity, self.depth_rule))
+        t = torch.from_numpy(decoded.image(**self.decode_options()).pixels)
+        if self.intensity == "minmax":  # as __call__ stretches
+            lo, hi = t.amin(), t.amax()
+            t = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
+        return torch.round(t * 65535.0).to(torch.int32).to(torch.uint16)
+
+    def finish(self, items: list[torch.Tensor], device: torch.device | str) -> torch.Tensor:
+        """[B, 3, size, size] float32 on ``device`` from :meth:`prepare` items, the small integer
+        arrays moved before anything is made float: a final [3, size, size] tensor is moved as
+        is; a uint8 crop is normalised; a whole image is resized, cropped and normalised (the
+        float steps of ``__call__``)."""
+        device = torch.device(device)
+        out = []
+        for item in items:
+            t = item.to(device, non_blocking=True)
+            if t.ndim == 3:
+                out.append(t.to(torch.float32))
+                continue
+            x = t.to(torch.float32) / (255.0 if t.dtype == torch.uint8 else 65535.0)
+            if not (self.bits == 8 and self.resampler != "torch"):  # a uint8 image is on __call__'s 8-bit grid
+                x = self.geometry(x[None, None], self.interpolation).clamp_(0.0, 1.0)[0, 0]
+            out.append(self._normalise(x))
+        return torch.stack(out)
+
+    def _normalise(self, t: torch.Tensor) -> torch.Tensor:
+        """[size, size] in [0, 1] -> [3, size, size] normalised by the model's mean and std."""
         t = t.expand(3, -1, -1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
+        mean = torch.tensor(self.mean, device=t.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=t.device).view(3, 1, 1)
         return ((t - mean) / std).contiguous()
 
 

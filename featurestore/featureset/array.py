@@ -16,6 +16,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from featurestore import layout
+from featurestore.featureset import quantize
 from featurestore.featureset.spec import FeatureSetSpec
 from featurestore.storage import Location
 
@@ -32,8 +33,8 @@ def create_array(loc: Location, spec: FeatureSetSpec) -> None:
 
     The metadata is made by zarr in memory and each object created only where it is absent,
     so two processes creating the same feature set at once never overwrite each other (nor an
-    array another one has already grown). NaN fill value: a read of a chunk that was never
-    written is recognisable (layout, commit protocol step 4).
+    array another one has already grown). NaN fill value (int8: -128, never a code): a read of a
+    chunk that was never written is recognisable (layout, commit protocol step 4).
     """
     objects: dict = {}
     mem = zarr.storage.MemoryStore(store_dict=objects)
@@ -47,13 +48,18 @@ def create_array(loc: Location, spec: FeatureSetSpec) -> None:
             chunks=(1, c, h, w),
             shards=(s, c, h, w) if spec.sharded and s > 1 else None,
             dtype=spec.dtype,
-            fill_value=np.nan,
+            fill_value=fill_value(spec.dtype),
             compressors=None if spec.codec == "none" else zarr.codecs.ZstdCodec(level=1),
             dimension_names=layout.DIMENSION_NAMES,
             attributes={"feature_set_id": spec.feature_set_id, "note": "rows are valid only where cls/ has them"},
         )
     for key in sorted(objects):  # the group's zarr.json, then the array's
         loc.create_exclusive(objects[key].to_bytes(), layout.PATCHES_GROUP, key)
+
+
+def fill_value(dtype: str) -> float | int:
+    """What a never-written grid reads as: NaN, or for int8 codes the one value never written."""
+    return quantize.FILL if quantize.is_quantized(dtype) else np.nan
 
 
 def grow_array(loc: Location, rows: int) -> None:

@@ -45,8 +45,9 @@ class DirectShards:
 
     def read_into(self, rows: np.ndarray, out: np.ndarray) -> bool:
         """Fill C-contiguous ``out`` with the grids of ``rows``: one ranged read per run of rows
-        stored one after another. False (nothing promised about ``out``) where that is not
-        possible: a missing shard or image, or a shard not in the plain layout."""
+        stored one after another (the stored values: codes for an int8 set). False (nothing
+        promised about ``out``) where that is not possible: a missing shard or image, or a
+        shard not in the plain layout."""
         s, nb = self.spec.shard_images, self.spec.image_bytes
         try:
             shards = rows // s
@@ -75,7 +76,8 @@ class DirectShards:
         map of the shard object, so nothing is read until the caller indexes it.
 
         Only for local stores, rows of one shard, and a shard stored as radstore writes it
-        (:meth:`ShardIndex.dense_count`); None otherwise. Grids are not checked for presence.
+        (:meth:`ShardIndex.dense_count`); None otherwise. Grids are not checked for presence,
+        and are the stored values: an int8 set's codes, which the grid reader dequantises.
         """
         s = self.spec.shard_images
         if not len(rows) or not self.loc.is_local:

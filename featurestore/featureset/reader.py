@@ -191,7 +191,7 @@ class FeatureSet:
     @property
     def cls_schema(self) -> pa.Schema:
         """Schema of this set's cls parts (its global dims and extra globals)."""
-        return layout.cls_schema(self.spec.global_dim, self.spec.extra_globals)
+        return layout.cls_schema(self.spec.global_dim, self.spec.extra_globals, scales=self.spec.scales_channels)
 
     def cls_parts(self) -> list[str]:
         """Paths of the committed cls parts, one per committed shard."""
@@ -255,14 +255,15 @@ class FeatureSet:
         return self.read_rows(rows, out=out, image_ids=image_ids)
 
     def read_rows(self, rows: np.ndarray, out: np.ndarray | None = None, image_ids: Sequence[str] | None = None) -> np.ndarray:
-        """Grids of ``rows`` in any order (``out``: ``[len(rows), C, H, W]`` of the store dtype)."""
+        """Grids of ``rows`` in any order (``out``: ``[len(rows), C, H, W]`` of ``spec.read_dtype``;
+        an int8 set's are dequantised, into float32 or a float16/float32 ``out``)."""
         return self._grids.read_rows(rows, out=out, image_ids=image_ids)
 
     def read_span(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Grids of ``rows`` that lie close together (one shard): one read, then a take.
 
-        ``out`` (C-contiguous, ``[len(rows), C, H, W]`` of the store dtype) is filled and
-        returned when given.
+        ``out`` (C-contiguous, ``[len(rows), C, H, W]`` of ``spec.read_dtype``, or float16 for an
+        int8 set) is filled and returned when given.
         """
         return self._grids.read_span(rows, out=out)
 
@@ -272,7 +273,9 @@ class FeatureSet:
         object (copy-on-write, never written). Nothing is copied until the caller indexes it.
 
         Local stores in the plain shard layout, with the shard's images stored in order from
-        its start (as radstore writes them); None otherwise (then use :meth:`read_span`).
+        its start (as radstore writes them); None otherwise (then use :meth:`read_span`). For
+        an int8 set ``mapped`` dequantises the rows it is indexed with (float32), so callers
+        never see codes.
         Missing grids raise StoreCorruptionError as in the read paths.
         """
         return self._grids.map_rows(rows)

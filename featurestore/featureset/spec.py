@@ -12,9 +12,12 @@ from typing import Any
 import numpy as np
 
 from featurestore import layout
+from featurestore.config import STORAGE_DTYPES
 from featurestore.errors import FeatureSetError
 
-SUPPORTED_DTYPES = ("float16", "float32")
+#: Storage dtypes of the patch grids; part of the feature set id. ``int8`` keeps per image and
+#: channel scaled codes (:mod:`.quantize`) and is read back as float32.
+SUPPORTED_DTYPES = STORAGE_DTYPES  # written once, in featurestore.config (the CLI reads it without torch)
 CODECS = ("none", "zstd")
 
 #: How ``weights_fingerprint`` was computed (:attr:`FeatureSetSpec.fingerprint_scheme`):
@@ -65,7 +68,9 @@ class FeatureSetSpec:
         if self.shard_images < 0:
             raise FeatureSetError("shard_images must be >= 0 (0 = automatic)")
         if self.shard_images == 0:
-            itemsize = np.dtype(self.dtype).itemsize
+            # An int8 set shards like its float16 twin: the same rows per commit, and readers,
+            # which hold a shard's rows dequantised, hold no more than they would for float16.
+            itemsize = 2 if self.dtype == "int8" else np.dtype(self.dtype).itemsize
             object.__setattr__(self, "shard_images", layout.choose_shard_images(self.grid, itemsize))
 
     def identity(self) -> dict[str, Any]:
@@ -89,6 +94,17 @@ class FeatureSetSpec:
     def image_bytes(self) -> int:
         """Bytes of one stored patch grid: the unit of every direct shard read and write."""
         return int(np.prod(self.grid)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def read_dtype(self) -> str:
+        """The dtype grids are read as (what a reader's ``out`` buffer should be): the store
+        dtype, except int8, whose codes are dequantised to float32 on every read."""
+        return "float32" if self.dtype == "int8" else self.dtype
+
+    @property
+    def scales_channels(self) -> int | None:
+        """Channels of the per-row ``scales`` column an int8 set's cls parts carry; None otherwise."""
+        return self.grid[0] if self.dtype == "int8" else None
 
     @property
     def scheme_name(self) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from featurestore.errors import FeatureSetError
+from featurestore.featureset.quantize import SCALES, quantize_into
 from featurestore.featureset.spec import FeatureSetSpec
 from featurestore.layout import ShardIndex
 from featurestore.storage import hold, is_disk_full
@@ -36,11 +37,17 @@ STAGE_SLOTS = 3
 
 class ShardBuffer:
     """One shard's worth of rows, filled in place; the cast to the store dtype happens here, in
-    torch, so each value is copied once. ``stream``: no grid buffer (the grids go to a file)."""
+    torch, so each value is copied once. ``stream``: no grid buffer (the grids go to a file).
+
+    For an int8 set the cast is the quantisation (:mod:`.quantize`) and ``scales`` holds each
+    row's per-channel scales, filled here or, for a streamed shard, by :class:`Staging`; they
+    reach the cls part (the commit point) through :meth:`filled_extras`.
+    """
 
     def __init__(self, spec: FeatureSetSpec, stream: bool = False):
         s = spec.shard_images
         self.patches = None if stream else np.empty((s, *spec.grid), dtype=spec.dtype)
+        self.scales = None if spec.scales_channels is None else np.empty((s, spec.scales_channels), dtype=np.float32)
         self.cls = np.empty((s, spec.global_dim), dtype=np.float32)
         self.extras = {k: np.empty((s, d), dtype=np.float32) for k, d in spec.extra_globals.items()}
         self.ids: list[str] = []
@@ -58,8 +65,20 @@ class ShardBuffer:
         return len(self.ids)
 
     def filled_extras(self) -> dict[str, np.ndarray]:
-        """The extra globals of the buffered rows only."""
-        return {k: v[: self.n] for k, v in self.extras.items()}
+        """The extra globals of the buffered rows only, and (int8 sets) their scales under
+        :data:`~.quantize.SCALES`, a name no extra global may take."""
+        out = {k: v[: self.n] for k, v in self.extras.items()}
+        if self.scales is not None:
+            out[SCALES] = self.scales[: self.n]
+        return out
+
+    def cast_into(self, dst: torch.Tensor, patches: torch.Tensor, row: int) -> None:
+        """Grids ``patches`` into ``dst`` in the store dtype: a copy, or for int8 the
+        quantisation, whose scales go to rows ``row...`` of :attr:`scales`."""
+        if self.scales is None:
+            dst.copy_(patches)
+        else:
+            quantize_into(patches, dst, torch.from_numpy(self.scales)[row : row + len(patches)])
 
     def put(
         self, ids: list[str], sha: list[str | None], cls: torch.Tensor, patches: torch.Tensor | None, extras: dict[str, torch.Tensor]
@@ -67,7 +86,7 @@ class ShardBuffer:
         """Append rows (``patches`` None when the grids are streamed instead)."""
         a, b = self.n, self.n + len(ids)
         if patches is not None:
-            self._p[a:b].copy_(patches)
+            self.cast_into(self._p[a:b], patches, a)
         self._c[a:b].copy_(cls)
         for k, v in extras.items():
             torch.from_numpy(self.extras[k])[a:b].copy_(v)
@@ -98,9 +117,10 @@ class Staging:
         """Queue the grids of some rows of ``buf``'s shard, in pieces of about STAGE_BYTES."""
         step = max(1, STAGE_BYTES // self.image_bytes)
         for a in range(0, len(patches), step):
-            self._append(buf, patches[a : a + step])
+            self._append(buf, patches[a : a + step], buf.n + a)
 
-    def _append(self, buf: ShardBuffer, patches: torch.Tensor) -> None:
+    def _append(self, buf: ShardBuffer, patches: torch.Tensor, row: int) -> None:
+        """Queue ``patches``, the grids of ``buf``'s rows ``row...`` (not yet put in ``buf``)."""
         spec = self.fs.spec
         if buf.file is None:
             # The shard number is claimed by the commit, in the background; until then the
@@ -122,7 +142,7 @@ class Staging:
         if slot[0] is None or len(slot[0]) < k:
             slot[0] = np.empty((k, *spec.grid), dtype=spec.dtype)
         stage = slot[0][:k]
-        torch.from_numpy(stage).copy_(patches)
+        buf.cast_into(torch.from_numpy(stage), patches, row)
         slot[1] = self.pool.submit(buf.file.write, stage.reshape(-1).view(np.uint8))
         buf.appends.append(slot[1])
 

@@ -28,7 +28,7 @@ from featurestore.featureset.checks import NonFinite, as_tensor, check_batch, on
 from featurestore.featureset.spec import WriteResult
 from featurestore.featureset.staging import ShardBuffer, Staging
 from featurestore.layout import ShardIndex
-from featurestore.storage import is_disk_full
+from featurestore.storage import is_disk_full, preallocate, release_preallocation
 
 if TYPE_CHECKING:
     from featurestore.featureset.reader import FeatureSet
@@ -53,7 +53,13 @@ def cls_table(
     sha256: Sequence[str | None] | None,
     extras: dict[str, np.ndarray] | None,
 ) -> pa.Table:
-    """The cls part of one shard: its rows, their global vectors, and the time of the commit."""
+    """The cls part of one shard: its rows, their global vectors, and the time of the commit.
+
+    For an int8 set ``extras`` also carries the rows' grid scales under ``layout.SCALES_COLUMN``
+    (``ShardBuffer.filled_extras`` puts them there): they are committed with the rows.
+    """
+    from featurestore.layout.schemas import SCALES_COLUMN
+
     n = len(image_ids)
     start = shard * fs.spec.shard_images
     now = layout.now_ms()
@@ -62,6 +68,11 @@ def cls_table(
         return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x, np.float32).reshape(-1)), dim)
 
     extras = extras or {}
+    scales = {}
+    if fs.spec.scales_channels is not None:
+        if SCALES_COLUMN not in extras:
+            raise FeatureSetError(f"feature set {fs.id} stores int8 grids: a shard needs its scales (extras[{SCALES_COLUMN!r}])")
+        scales = {SCALES_COLUMN: vectors(extras[SCALES_COLUMN][:n], fs.spec.scales_channels)}
     return pa.table(
         {
             "image_id": pa.array(list(image_ids), pa.string()),
@@ -69,6 +80,7 @@ def cls_table(
             "shard": pa.array(np.full(n, shard), pa.int64()),
             "cls": vectors(cls, fs.spec.global_dim),
             **{k: vectors(extras[k][:n], d) for k, d in fs.spec.extra_globals.items()},
+            **scales,
             "sha256": pa.array(list(sha256) if sha256 is not None else [None] * n, pa.string()),
             "extracted_at": pa.array([now] * n, pa.timestamp("ms", tz="UTC")),
         },
@@ -148,8 +160,13 @@ class FeatureSetWriter:
         self.skip = fs.committed_ids() if skip_committed else set()
         self._stream = background and fs.loc.is_local and self.direct
         self._buffers = [ShardBuffer(self.spec, self._stream) for _ in range(2 if background else 1)]
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="radstore-shard") if background else None
-        self._staging = Staging(fs, self._pool) if self._stream else None
+        # One background thread per buffer when streaming: a shard's appends stay in order on its
+        # thread, while the next shard's appends run beside the previous one's last writes and
+        # commit instead of queueing behind them. Buffered shards: one commit thread.
+        n_pools = len(self._buffers) if self._stream else 1
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"radstore-shard{k}") for k in range(n_pools)] if background else []
+        self._stagings = [Staging(fs, p) for p in self._pools] if self._stream else []
+        self._reserved: list[Any] = [None] * len(self._buffers)  # the streamed file whose blocks were reserved, per buffer
         self._cur = 0
         self._pending: Future | None = None
         self.written = 0
@@ -203,7 +220,8 @@ class FeatureSetWriter:
             buf = self._buffers[self._cur]
             take = min(s - buf.n, len(ids_k) - pos)
             if self._stream:
-                self._staging.append(buf, pat_t[pos : pos + take])
+                self._stagings[self._cur].append(buf, pat_t[pos : pos + take])
+                self._reserve(buf)
             buf.put(
                 ids_k[pos : pos + take],
                 sha_k[pos : pos + take],
@@ -227,19 +245,32 @@ class FeatureSetWriter:
             return
         self._wait()  # the other buffer's commit must finish before we reuse it next
         if self._stream:
-            self._pending = self._pool.submit(self._commit_stream, buf)
+            self._pending = self._pools[self._cur].submit(self._commit_stream, buf, self._stagings[self._cur], self._reserved[self._cur])
+            self._reserved[self._cur] = None
             self._cur = (self._cur + 1) % len(self._buffers)
             return
         shard = self._next_shard()
-        if self._pool is None:
+        if not self._pools:
             self._commit(shard, buf)
         else:
-            self._pending = self._pool.submit(self._commit, shard, buf)
+            self._pending = self._pools[0].submit(self._commit, shard, buf)
             self._cur = (self._cur + 1) % len(self._buffers)
 
-    def _commit_stream(self, buf: ShardBuffer) -> None:
-        """(background thread, after the shard's appends) the file into place, then the cls part."""
-        shard = self._staging.finish(buf, self._next_shard)
+    def _reserve(self, buf: ShardBuffer) -> None:
+        """Reserve the disk blocks of a whole shard for ``buf``'s streamed file once it is open: its
+        grids then go into allocated blocks (:func:`~featurestore.storage.preallocate`)."""
+        if buf.file is not None and self._reserved[self._cur] is not buf.file:
+            self._reserved[self._cur] = buf.file
+            s = self.spec.shard_images
+            preallocate(buf.file.fileno(), s * self.fs.image_bytes + ShardIndex.nbytes(s))
+
+    def _commit_stream(self, buf: ShardBuffer, staging: Staging, reserved: Any) -> None:
+        """(the buffer's background thread, after the shard's appends) the file into place, then the
+        cls part. A partial shard first gives back the blocks reserved past its grids; a failed
+        append is left to ``staging.finish`` to report and clean up."""
+        if reserved is not None and buf.n < self.spec.shard_images and all(f.exception() is None for f in buf.appends):
+            release_preallocation(reserved.fileno())
+        shard = staging.finish(buf, self._next_shard)
         n = buf.n
         self.fs.commit_cls_part(shard, cls_table(self.fs, shard, buf.ids, buf.cls[:n], buf.sha, buf.filled_extras()))
         self._done(buf)
@@ -269,5 +300,5 @@ class FeatureSetWriter:
         try:
             self.flush()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            for pool in self._pools:
+                pool.shutdown(wait=True)

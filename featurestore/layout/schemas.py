@@ -48,17 +48,23 @@ REJECTS_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("
 COMMITTED_SCHEMA = pa.schema([("image_id", pa.string()), ("row", pa.int64()), ("shard", pa.int64())])
 COMMITTED_PARTS_KEY = b"radstore.parts"
 
+#: The cls part column of an int8 feature set holding each row's per-channel grid scales.
+SCALES_COLUMN = "scales"
 #: Columns of a cls part that are not embeddings (an extra global may not take these names).
-CLS_RESERVED = ("image_id", "row", "shard", "cls", "sha256", "extracted_at")
+CLS_RESERVED = ("image_id", "row", "shard", "cls", SCALES_COLUMN, "sha256", "extracted_at")
 
 
-def cls_schema(global_dim: int, extra_globals: dict[str, int] | None = None) -> pa.Schema:
+def cls_schema(global_dim: int, extra_globals: dict[str, int] | None = None, scales: int | None = None) -> pa.Schema:
     """One row per committed image; embeddings are fixed-size lists so DuckDB sees FLOAT[D].
 
     ``extra_globals`` adds one more vector column per entry (e.g. BiomedCLIP keeps its trunk's
-    768-d [CLS] as ``cls_trunk`` beside the projected 512-d ``cls``).
+    768-d [CLS] as ``cls_trunk`` beside the projected 512-d ``cls``). ``scales`` (the grid's
+    channels; int8 feature sets only) adds :data:`SCALES_COLUMN`, the row's per-channel
+    quantisation scales, committed with the row because the cls part is the commit point.
     """
     extras = [(name, pa.list_(pa.float32(), dim)) for name, dim in sorted((extra_globals or {}).items())]
+    if scales is not None:
+        extras.append((SCALES_COLUMN, pa.list_(pa.float32(), scales)))
     return pa.schema(
         [
             ("image_id", pa.string()),

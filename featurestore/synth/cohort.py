@@ -1,5 +1,10 @@
 """The synthetic cohort: phantoms written as 16-bit DICOM and 8-bit PNG, masks, a manifest.
 
+The DICOM pixel data is stored uncompressed or, with ``compression`` (``radstore synth
+--compression``), in one of the lossless transfer syntaxes PACS exports carry, encoded by
+pydicom's own encoders (:data:`TRANSFER_SYNTAXES`): the decoded pixels are the same either way.
+JPEG Lossless (Process 14) is not offered: pydicom decodes it but has no encoder for it.
+
 Deterministic: image ``i`` of seed ``s`` depends only on (s, i) and its patient's (s, p), so
 the same seed gives the same bytes, and a larger ``n`` extends a smaller cohort (the first
 ``n`` images are identical) -- which is what a backfill test needs.
@@ -12,6 +17,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +27,15 @@ from PIL import Image
 from featurestore.manifest import MANIFEST_SCHEMA
 from featurestore.synth.phantom import PatientAnatomy, render, sample_patient
 
-__all__ = ["SynthConfig", "synthesize", "write_dicom"]
+__all__ = ["TRANSFER_SYNTAXES", "SynthConfig", "synthesize", "write_dicom"]
+
+#: ``compression`` -> the lossless transfer syntax pydicom encodes it with (RLE: pydicom's own
+#: encoder; JPEG-LS: pyjpegls (CharLS); JPEG 2000: pylibjpeg-openjpeg, reversible wavelet).
+TRANSFER_SYNTAXES = {
+    "rle": "1.2.840.10008.1.2.5",  # RLE Lossless
+    "jpeg-ls": "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "jpeg2000": "1.2.840.10008.1.2.4.90",  # JPEG 2000 Image Compression (Lossless Only)
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,13 @@ class SynthConfig:
     pneumothorax_prevalence: float = 0.2
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train/val/test, by patient
     workers: int = 0  # 0: one per core
+    compression: str = "none"  # how DICOM pixel data is stored: one of COMPRESSIONS
+
+    COMPRESSIONS: ClassVar[tuple[str, ...]] = ("none", *TRANSFER_SYNTAXES)
+
+    def __post_init__(self) -> None:
+        if self.compression not in self.COMPRESSIONS:
+            raise ValueError(f"compression must be one of {self.COMPRESSIONS}, got {self.compression!r}")
 
 
 def _rng(*key: int | str) -> np.random.Generator:
@@ -79,8 +100,10 @@ def write_dicom(
     image_id: str,
     seed: int,
     pixel_spacing: float,
+    compression: str = "none",
 ) -> None:
-    """Store ``intensity`` (0..1, bright = dense) as a DX image with a window covering it."""
+    """Store ``intensity`` (0..1, bright = dense) as a DX image with a window covering it, its pixel
+    data uncompressed or losslessly compressed (``compression``: a key of :data:`TRANSFER_SYNTAXES`)."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -123,6 +146,9 @@ def write_dicom(
     ds.WindowCenter = round((m_lo + m_hi) / 2, 3)
     ds.WindowWidth = round(m_hi - m_lo, 3)
     ds.PixelData = stored.tobytes()
+    if compression != "none":
+        # Lossless, so the image keeps its SOP Instance UID (and the cohort stays deterministic).
+        ds.compress(TRANSFER_SYNTAXES[compression], stored, generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -159,6 +185,7 @@ def _one(args: tuple[SynthConfig, int, int, str, Path]) -> dict:
             image_id=image_id,
             seed=cfg.seed,
             pixel_spacing=430.0 / max(h, w),
+            compression=cfg.compression,
         )
         fmt = "dicom"
     masks = {}

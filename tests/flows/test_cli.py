@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,12 @@ def test_choices_and_defaults_come_from_the_configs_and_registries():
             if field is not None and field.default is not dataclasses.MISSING and action.dest not in ("task", "head"):
                 assert action.default == field.default, (cmd, action.dest)
     act = {a.dest: a for a in sub["extract"]._actions}
-    assert list(act["encoder"].choices) == list(ENCODERS)
+    assert act["encoder"].type(",".join(ENCODERS)) == list(ENCODERS)  # every registered name, comma-separated
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown encoder"):
+        act["encoder"].type("pixels,not-an-encoder")
+    from featurestore.featureset.spec import SUPPORTED_DTYPES
+
+    assert list(act["dtype"].choices) == list(SUPPORTED_DTYPES)
     act = {a.dest: a for a in sub["train"]._actions}
     assert list(act["task"].choices) == [*TASKS, "all"] and list(act["head"].choices) == [*all_heads(), "all"]
     assert act["head"].default == TrainConfig.__dataclass_fields__["head"].default

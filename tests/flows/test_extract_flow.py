@@ -127,3 +127,74 @@ def test_cli_on_the_ephemeral_api(cohort, tmp_path):
         timeout=600,
     )
     assert r.returncode == 2 and "no weights for encoder rad-dino" in r.stderr and "Traceback" not in r.stderr
+
+
+PROFILE_LINE = r"^profile (?P<enc>[\w-]+): (?P<n>\d+) images, (?P<ips>[\d.]+) images/s; input wait (?P<w>[\d.]+)%, forward (?P<f>[\d.]+)%, commit (?P<c>[\d.]+)%$"
+
+
+def test_cli_embeds_with_several_encoders_from_one_decode(prefect_server, cohort, tmp_path):
+    """`radstore extract --encoder a,b --profile`: one feature set per encoder, each complete, a
+    profile line each; the rerun has nothing to do and says so."""
+    import re
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    exe = Path(sys.executable).with_name("radstore")
+    cmd = [str(exe), "extract", "--manifest", str(cohort), "--store", str(tmp_path / "s"), "--encoder", "pixels,random-vit",
+           "--weights", "random:tiny", "--num-workers", "0", "--profile"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    profiles = [m for line in lines if (m := re.match(PROFILE_LINE, line))]
+    assert [m["enc"] for m in profiles] == ["pixels", "random-vit"]
+    assert all(int(m["n"]) == COHORT.n and float(m["w"]) + float(m["f"]) + float(m["c"]) <= 100.1 for m in profiles)
+    ids = [line for line in lines if line.startswith(("pixels-", "random-vit-"))]
+    store = Store.open(str(tmp_path / "s"))
+    assert [store.feature_set(i).spec.encoder for i in ids] == ["pixels", "random-vit"]
+    assert all(len(store.feature_set(i)) == COHORT.n for i in ids)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "nothing to extract" in r.stdout, r.stdout
+
+
+def test_cli_refuses_an_unknown_or_repeated_encoder(tmp_path):
+    exe = Path(sys.executable).with_name("radstore")
+    for enc, msg in (("pixels,nope", "unknown encoder(s) 'nope'"), ("pixels,pixels", "listed twice: pixels")):
+        r = subprocess.run([str(exe), "extract", "--manifest", "m.parquet", "--store", str(tmp_path), "--encoder", enc],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_one_worker_per_device_sees_only_its_own():
+    """flows.devices: each worker process of the per-device cluster has CUDA_VISIBLE_DEVICES set to
+    its one device (pretend devices here: the workers run on the CPU)."""
+    from distributed import Client
+
+    from flows.devices import per_device_cluster
+
+    with per_device_cluster(["0", "1"]) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        assert sorted(seen.values()) == ["0", "1"]
+        assert all(addr.startswith("tcp://127.0.0.1:") for addr in seen)
+
+
+@pytest.mark.slow
+def test_several_encoders_on_one_worker_per_device_equal_a_serial_run(prefect_server, cohort, tmp_path):
+    """Two encoders, groups fanned out over two workers that each see one (pretend) device: the
+    rows equal a serial in-process run of each encoder."""
+    from flows.extract import run_extraction
+
+    serial = Store.open(str(tmp_path / "serial"), create=True)
+    refs = [extract(str(cohort), serial, ExtractConfig(e, weights="random:tiny", progress=False, num_workers=0, shard_images=8))
+            for e in ("rad-dino", "pixels")]  # fmt: skip
+    state = run_extraction("dask-devices:0,1", manifest=str(cohort), store=str(tmp_path / "dask"), encoder="rad-dino,pixels",
+                           weights="random:tiny", num_workers=0, shard_images=8)  # fmt: skip
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert [r["feature_set_id"] for r in out["results"]] == [r.feature_set_id for r in refs]
+    for ref in refs:
+        a = serial.feature_set(ref.feature_set_id)
+        b = Store.open(str(tmp_path / "dask")).feature_set(ref.feature_set_id)
+        ids = sorted(a.committed_ids())
+        assert ids == sorted(b.committed_ids()) and len(ids) == COHORT.n
+        np.testing.assert_allclose(a.patches(ids).astype(np.float32), b.patches(ids).astype(np.float32), rtol=1e-3, atol=1e-3)
+        assert len(set(b.cls().column("shard").to_pylist())) == 3  # three groups of 8, three shards

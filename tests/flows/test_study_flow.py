@@ -79,6 +79,11 @@ def test_study_runs_the_grid_and_a_rerun_reuses_everything(prefect_server, cohor
     assert again["trained"] == 0 and again["reused"] == 14
     assert all(e["done"] == 0 and e["skipped"] == COHORT.n for e in again["extracted"].values())
     assert again["eval_id"] == out["eval_id"] and not again["new_eval"] and len(list_runs(store)) == 14
+    from flows.noop import study_noop
+
+    # What `radstore study` checks before Prefect starts: nothing new, this evaluation and report.
+    msg = study_noop(cfg)
+    assert msg.startswith("nothing new:") and out["eval_id"] in msg and out["report"] in msg
 
     # Changed hyperparameters for one head: only those runs are retrained, and a new evaluation version.
     changed = small_config(tmp_path, cohort, train={**TINY_TRAIN, "max_epochs": 2}, heads=["cross-attention"])
@@ -180,8 +185,8 @@ def test_served_deployments_backfill_then_study(prefect_server, cohort, tmp_path
 
 @pytest.mark.slow
 def test_scale_out_on_dask_into_s3(prefect_server, s3_server, cohort, tmp_path):
-    """Extraction fanned out on a LocalCluster into an S3-compatible server, read back with
-    to_xarray(), then one head trained from the object store."""
+    """Extraction of two encoders from one decode, fanned out on a LocalCluster into an
+    S3-compatible server, read back with to_xarray(), then one head trained from the object store."""
     from flows.study import run_study
 
     url = "s3://radstore-test/study"
@@ -190,7 +195,7 @@ def test_scale_out_on_dask_into_s3(prefect_server, s3_server, cohort, tmp_path):
             store=url,
             manifest=str(cohort),
             storage_options=s3_server,
-            encoders=["rad-dino"],
+            encoders=["rad-dino", "pixels"],
             positive_control=False,
             tasks=["heart-seg"],
             heads=["linear"],
@@ -202,7 +207,8 @@ def test_scale_out_on_dask_into_s3(prefect_server, s3_server, cohort, tmp_path):
     )
     assert cfg.report_dir is None
     out = run_study(cfg)
-    assert out["extracted"]["rad-dino"]["done"] == COHORT.n and out["trained"] == 1
+    assert out["extracted"]["rad-dino"]["done"] == COHORT.n and out["extracted"]["pixels"]["done"] == COHORT.n
+    assert out["trained"] == 2
     store = Store.open(url, storage_options=s3_server)
     fs = store.feature_set(out["feature_sets"]["rad-dino"])
     da = fs.to_xarray()
@@ -218,7 +224,7 @@ def test_scale_out_on_dask_into_s3(prefect_server, s3_server, cohort, tmp_path):
     ref = extract(str(cohort), local, ExtractConfig("rad-dino", weights="random:tiny", progress=False, num_workers=0))
     assert ref.feature_set_id == fs.id
     np.testing.assert_allclose(local.feature_set(fs.id).patches(ids[:3]).astype(np.float32), got, rtol=1e-3, atol=1e-3)
-    assert [r["task"] for r in list_runs(store)] == ["heart-seg"]
+    assert [r["task"] for r in list_runs(store)] == ["heart-seg", "heart-seg"]
     assert store.loc.exists("metrics", out["eval_id"], "eval.json")
 
 

@@ -33,29 +33,32 @@ def test_train_grid_covers_heads_tasks_and_folds(prefect_server, pixels_store):
 
 def test_cli_train_prints_the_run_id(prefect_server, pixels_store, capsys):
     url, fsid, _ = pixels_store
-    code = main(
-        [
-            "train",
-            "--store",
-            url,
-            "--feature-set",
-            fsid,
-            "--task",
-            "heart-seg",
-            "--head",
-            "cross-attention",
-            "--max-epochs",
-            "2",
-            "--lr",
-            "1e-3",
-            "--target-size",
-            "32",
-            "--small-refiner",
-        ]
-    )
+    args = [
+        "train",
+        "--store",
+        url,
+        "--feature-set",
+        fsid,
+        "--task",
+        "heart-seg",
+        "--head",
+        "cross-attention",
+        "--max-epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--target-size",
+        "32",
+        "--small-refiner",
+    ]
+    code = main(args)
     assert code == EXIT_OK
     run_id = capsys.readouterr().out.strip().splitlines()[-1]
     assert run_id.startswith(f"{fsid}-heart-seg-cross-attention-")
+    # The same run again: reused before Prefect starts, its id printed.
+    assert main(args) == EXIT_OK
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("nothing to train: all 1 run(s)") and out[-1] == run_id
     assert main(["runs", "--store", url]) == EXIT_OK
     assert run_id in capsys.readouterr().out
     assert main(["train", "--store", url, "--feature-set", "nope", "--task", "ctr-reg"]) == 2

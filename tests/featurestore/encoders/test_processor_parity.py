@@ -23,7 +23,7 @@ from featurestore.encoders.dinov2 import RAD_DINO_PREPROCESSING
 from featurestore.encoders.openclip import preprocess_from_config
 from featurestore.encoders.preprocess import Preprocessing, from_processor_config
 from featurestore.encoders.siglip import XRAYSIGLIP_PREPROCESSING
-from featurestore.imageio import read_image
+from featurestore.imageio import decode, read_image
 from featurestore.synth.cohort import write_dicom
 
 CONFIGS = Path(__file__).parent / "processor_configs"
@@ -112,11 +112,19 @@ def _biomedclip():
 REFERENCES = {"rad-dino": _rad_dino, "chexagent": _siglip, "biomedclip": _biomedclip}
 
 
-def _differences(pre: Preprocessing, reference, files: list[Path]) -> list[float]:
+def _differences(pre: Preprocessing, reference, files: list[Path], path_taken: str = "reference") -> list[float]:
+    """Per file, max |radstore - processor|; ``path_taken``: radstore's reference ``__call__``, its
+    fast ``prepare`` or ``prepare(on_device=True)`` then ``finish`` (on the CPU here)."""
     out = []
     for path in files:
         img = read_image(str(path), **pre.decode_options())
-        ours = _unnormalise(pre(img.pixels), pre.mean, pre.std)
+        if path_taken == "reference":
+            x = pre(img.pixels)
+        elif path_taken == "prepare":
+            x = pre.prepare(decode(str(path)))
+        else:
+            x = pre.finish([pre.prepare(decode(str(path)), on_device=True)], torch.device("cpu"))[0]
+        ours = _unnormalise(x, pre.mean, pre.std)
         export = Image.fromarray(np.round(img.pixels * 255).astype(np.uint8), "L").convert("RGB")
         theirs = reference(export)
         assert ours.shape == theirs.shape, f"{path.name}: {tuple(ours.shape)} vs the processor's {tuple(theirs.shape)}"
@@ -132,6 +140,18 @@ def test_model_input_matches_the_models_own_processor(encoder, image_files):
     print(f"\n{encoder}: {len(diffs)} images, max |radstore - processor| = {max(diffs) * 255:.2f}/255 "
           f"(worst {SIZES[worst][0]}x{SIZES[worst][1]}), mean of per-image max {np.mean(diffs) * 255:.2f}/255")  # fmt: skip
     assert max(diffs) <= TOLERANCE, f"{encoder}: {image_files[worst].name} differs by {max(diffs) * 255:.2f}/255"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path_taken", ["prepare", "finish"])
+@pytest.mark.parametrize("encoder", list(REFERENCES))
+def test_fast_path_matches_the_models_own_processor(encoder, path_taken, image_files):
+    """The extraction's path (decode once, 8-bit image by table lookup, small array shipped to
+    the device) reaches the same model input."""
+    pre, reference = REFERENCES[encoder]()
+    diffs = _differences(pre, reference, image_files, path_taken)
+    worst = int(np.argmax(diffs))
+    assert max(diffs) <= TOLERANCE, f"{encoder} {path_taken}: {image_files[worst].name} differs by {max(diffs) * 255:.2f}/255"
 
 
 #: The deliberate difference of ``bits=16``: no 8-bit export (0.5/255), one float resampling
