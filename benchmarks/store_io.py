@@ -114,12 +114,20 @@ def run(sizes=(64, 256, 1024), reps: int = 3, batch: int = 16, sync: bool = True
                 setup["store fp16 input"] = fresh(root / "fp16")
                 cases["store via zarr"] = lambda: write_store(root / "zarr", ids, patches, cls, batch, plain=False)
                 cases["store unsharded"] = lambda: write_store(root / "unsharded", ids, patches, cls, batch, sharded=False)
+                cases["store int8"] = lambda: write_store(root / "int8", ids, patches16, cls, batch, dtype="int8")
+                setup["store int8"] = fresh(root / "int8")
                 setup["store via zarr"] = fresh(root / "zarr")
                 setup["store unsharded"] = fresh(root / "unsharded")
             t = compare(cases, reps, setup)
             size = {
                 k: du(root / d) / n
-                for k, d in (("npy", "npy"), ("store", "store"), ("store via zarr", "zarr"), ("store unsharded", "unsharded"))
+                for k, d in (
+                    ("npy", "npy"),
+                    ("store", "store"),
+                    ("store via zarr", "zarr"),
+                    ("store unsharded", "unsharded"),
+                    ("store int8", "int8"),
+                )
                 if (root / d).exists()
             }
             details[n] = {"seconds": t, "bytes_per_image": size}
@@ -201,12 +209,47 @@ def run(sizes=(64, 256, 1024), reps: int = 3, batch: int = 16, sync: bool = True
                         "npy",
                     )
                 )
+                rows += _int8_rows(n, t, size)
                 rows += _random_reads(root, ids, reps, batch)
-            for d in ("npy", "store", "fp16", "zarr", "unsharded", "npy-d", "store-d"):
+            for d in ("npy", "store", "fp16", "zarr", "unsharded", "npy-d", "store-d", "int8"):
                 shutil.rmtree(root / d, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {"stage": STAGE, "sizes": list(sizes), "reps": reps, "batch": batch, "grid": list(GRID), "rows": rows, "details": details}
+
+
+def _int8_rows(n: int, t: dict[str, list[float]], size: dict[str, float]) -> list[Row]:
+    """The int8 table: its write rate (float16 input, quantised by the writer) against the float32
+    ``.npy`` baseline and the float16 store, and its bytes per image against float32."""
+    b = size["store int8"] / size["npy"]
+    return [
+        with_ratio(
+            rate_row(STAGE, "radstore write, int8 grids (float16 input, quantised per image and channel)", n, t["store int8"]),
+            speedups(t["npy"], t["store int8"]),
+            "npy",
+        ),  # fmt: skip
+        with_ratio(
+            rate_row(STAGE, "int8 write vs float16 write (float16 input both)", n, t["store int8"]),
+            speedups(t["store fp16 input"], t["store int8"]),
+            "float16 store",
+        ),  # fmt: skip
+        Row(
+            STAGE,
+            "radstore int8 bytes per image [codes + scales + cls part and index]",
+            n,
+            size["store int8"],
+            "B/img",
+            size["store int8"],
+            size["store int8"],
+            "npy bytes",
+            b,
+            b,
+            b,
+            "<= 0.27x",
+            b <= 0.27,
+            extra={"npy_bytes_per_image": size["npy"]},
+        ),  # fmt: skip
+    ]
 
 
 def _random_reads(root: Path, ids: list[str], reps: int, batch: int) -> list[Row]:
