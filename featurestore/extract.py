@@ -15,7 +15,7 @@ encoder's: each encoder has its own feature set and writer, so the others go on 
 failure is raised once every writer is closed, and a rerun extracts only what is missing.
 
 On a CUDA device an image's last steps run there (:meth:`Preprocessing.finish`): the workers
-ship the small 8/16-bit array their early reduction made, not float32.
+ship the 8-bit crop (or the 16-bit image) :meth:`Preprocessing.prepare` makes, not float32.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from featurestore import describe
 from featurestore.config import DEVICES, ExtractConfig
 from featurestore.encoders import Encoder, load_encoder
 from featurestore.featureset import FeatureSet
@@ -127,11 +128,6 @@ class MultiPlan:
     plans: list[Plan]
     groups: list[list[str]]
 
-    @property
-    def feature_set_ids(self) -> list[str]:
-        """The feature set of each encoder, in the order of the configurations."""
-        return [p.feature_set_id for p in self.plans]
-
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for a ``--device`` choice; ``auto`` prefers CUDA, then MPS, then the CPU.
@@ -189,18 +185,9 @@ def feature_set_for(store: Store, cfg: ExtractConfig) -> FeatureSet:
     if cfg.shard_images:
         spec = dataclasses.replace(spec, shard_images=cfg.shard_images)
     fs = store.create_feature_set(spec, legacy_fingerprint=lambda: encoder.legacy_fingerprint)
-    _remember(cfg, fs.id)
+    # Which feature set ``cfg`` makes, for a rerun with nothing new to say so without the model.
+    describe.remember(cfg, fs.id)
     return fs
-
-
-def _remember(cfg: ExtractConfig, feature_set_id: str) -> None:
-    """Tell the describe cache which feature set ``cfg`` makes, so a rerun with nothing new can
-    say so without loading the model (:mod:`featurestore.describe`)."""
-    try:
-        from featurestore import describe
-    except ImportError:  # pragma: no cover - the cache is an optimisation
-        return
-    describe.remember(cfg, feature_set_id)
 
 
 class _Images(Dataset):

@@ -171,7 +171,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     names = args.encoder
     opts = config_values(args, ExtractConfig, EXTRACT_OPTIONS)
     # Nothing new: say so from the store and the describe cache, without a model or Prefect.
-    done = complete_feature_sets(args.manifest, args.store, [ExtractConfig(encoder=n, **opts) for n in names])
+    cfgs = [ExtractConfig(encoder=n, **opts) for n in names]
+    done = complete_feature_sets(args.manifest, args.store, cfgs)
     if done is not None:
         print("\n".join([*(c.line() for c in done), *(c.feature_set_id for c in done)]))
         return EXIT_OK
@@ -184,7 +185,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     load_manifest(args.manifest)
     from flows.extract import run_extraction
 
-    state = run_extraction(args.runner, manifest=args.manifest, store=args.store, encoder=",".join(names), **opts)
+    state = run_extraction(args.runner, manifest=args.manifest, store=args.store, configs=[c.to_json() for c in cfgs])
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):
         print(f"error: {out}", file=sys.stderr)

@@ -11,9 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featurestore.errors import RadstoreError
+
+if TYPE_CHECKING:
+    from featurestore.config import ExtractConfig
+    from heads.config import TrainConfig
 
 FALLBACKS = ("random:tiny", "random", "error")
 
@@ -105,6 +109,22 @@ class StudyConfig:
         EvalConfig(**self.evaluation)  # validates
         for e in self.encoders:
             get_encoder(e.name)
+
+    def extract_config(self, enc: EncoderEntry, weights: str | None) -> ExtractConfig:
+        """How the study extracts ``enc`` with the ``weights`` chosen for it: one definition for the
+        extraction stage and for the check that it has nothing to do (:mod:`flows.noop`)."""
+        from featurestore.config import ExtractConfig
+
+        return ExtractConfig(encoder=enc.name, weights=weights, size=enc.size, bits=enc.bits, intensity=enc.intensity,
+                             batch_size=enc.batch_size, device=self.device, num_workers=self.num_workers)  # fmt: skip
+
+    def train_grid(self) -> list[TrainConfig]:
+        """The training runs the study wants on each feature set (task x head x fold)."""
+        from heads.config import grid_configs
+
+        return grid_configs(
+            list(self.tasks), list(self.heads), list(self.folds) if self.folds else None, {**self.train, "device": self.device}
+        )
 
     @property
     def report_dir(self) -> str | None:

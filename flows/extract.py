@@ -159,7 +159,7 @@ def extract_embeddings(
             result.rejected[:0] = sub.rejected
         _publish(result, c)
         results.append(result)
-        if profile:
+        if c.profile:
             print(result.profile_line())
     summary = {**_summary(results[0]), "results": [_summary(r) for r in results]}
     message = "; ".join(r.summary() for r in results)

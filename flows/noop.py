@@ -328,17 +328,13 @@ def study_noop(cfg: StudyConfig) -> str | None:
         weights = study_weights(enc.name, enc.weights, cfg.missing_weights)
         if weights == "missing":
             return None
-        cfgs.append(ExtractConfig(encoder=enc.name, weights=weights, size=enc.size, bits=enc.bits, intensity=enc.intensity,
-                                  batch_size=enc.batch_size, device=cfg.device, num_workers=cfg.num_workers))  # fmt: skip
+        cfgs.append(cfg.extract_config(enc, weights))
     done = complete_feature_sets(m, cfg.store, cfgs, so)
     if done is None:
         return None
-    base = {**cfg.train, "device": cfg.device}
+    grid = cfg.train_grid()
     run_ids: list[str] = []
     for c in done:
-        from heads.config import grid_configs
-
-        grid = grid_configs(list(cfg.tasks), list(cfg.heads), list(cfg.folds) if cfg.folds else None, base)
         rids = reusable_runs(st, c.feature_set_id, grid, cfg.manifest)
         if rids is None:
             return None

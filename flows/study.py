@@ -15,14 +15,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from featurestore.config import ExtractConfig
 from featurestore.store import Store
 from flows import prefect_env  # noqa: F401
 from flows.config import StudyConfig, load_config
 from flows.evaluate import evaluate_flow
 from flows.extract import run_extraction, task_runner_for
 from flows.regressions import regressions_task
-from flows.train import grid_configs, train_task
+from flows.train import train_task
 from heads.runs import plan_runs
 from heads.train import TrainConfig
 
@@ -65,11 +64,7 @@ def report_task(store: str, out: str, eval_id: str, storage_options: dict | None
 
 def _extract(cfg: StudyConfig, chosen: dict[str, str | None]) -> dict:
     """Every encoder in one extraction: each image is read and decoded once for all of them."""
-    configs = [
-        ExtractConfig(encoder=enc.name, weights=chosen[enc.name], size=enc.size, bits=enc.bits, intensity=enc.intensity,
-                      batch_size=enc.batch_size, device=cfg.device, num_workers=cfg.num_workers).to_json()
-        for enc in cfg.encoders
-    ]  # fmt: skip
+    configs = [cfg.extract_config(enc, chosen[enc.name]).to_json() for enc in cfg.encoders]
     state = run_extraction(cfg.runner, manifest=cfg.manifest, store=cfg.store, configs=configs, storage_options=cfg.storage_options or None)
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):
@@ -142,12 +137,11 @@ def study(config: dict[str, Any] | None = None, config_file: str | None = None) 
     feature_sets, extracted = _embed_all(cfg, timings)
 
     t = time.perf_counter()
-    base = {**cfg.train, "device": cfg.device}
     run_ids, trained, reused = [], 0, 0
     runner = task_runner_for(cfg.runner)
     for enc in cfg.encoders:
         fsid = feature_sets[enc.name]
-        cfgs = grid_configs(list(cfg.tasks), list(cfg.heads), list(cfg.folds) if cfg.folds else None, base)
+        cfgs = cfg.train_grid()
         keep, todo = plan_training_task(cfg.store, fsid, cfgs, cfg.manifest, so)
         run_ids += [rid for _, rid in keep]
         reused += len(keep)

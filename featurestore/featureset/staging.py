@@ -22,7 +22,7 @@ from featurestore.errors import FeatureSetError
 from featurestore.featureset.quantize import SCALES, quantize_into
 from featurestore.featureset.spec import FeatureSetSpec
 from featurestore.layout import ShardIndex
-from featurestore.storage import hold, is_disk_full
+from featurestore.storage import hold, is_disk_full, preallocate, release_preallocation
 
 if TYPE_CHECKING:
     from featurestore.featureset.reader import FeatureSet
@@ -102,8 +102,10 @@ class ShardBuffer:
 class Staging:
     """The staging buffers of one writer and the file writes of its streamed shards.
 
-    Appends run on ``pool`` (the writer's one background thread), so they are ordered with
-    the commits queued there.
+    Appends run on ``pool`` (the background thread of the writer's buffer this staging serves),
+    so they are ordered with that buffer's commits queued there. A streamed file reserves a
+    whole shard's disk blocks when it opens (:func:`~featurestore.storage.preallocate`); a
+    partial shard gives back the rest before its index is written.
     """
 
     def __init__(self, fs: FeatureSet, pool: ThreadPoolExecutor):
@@ -128,6 +130,9 @@ class Staging:
             buf.tmp = self.fs.loc.temp_path()
             buf.file = open(buf.tmp, "wb")  # noqa: SIM115 - closed by the commit (or its failure)
             hold(buf.file)
+            # A whole shard's blocks, before its first piece: the grids go into allocated blocks.
+            s = spec.shard_images
+            preallocate(buf.file.fileno(), s * self.image_bytes + ShardIndex.nbytes(s))
         slot = self._slots[self._next]
         self._next = (self._next + 1) % len(self._slots)
         if slot[1] is not None:
@@ -156,6 +161,9 @@ class Staging:
                 f.result()  # already run (same thread, queued earlier); re-raise a failed append
             if buf.file.tell() != n * self.image_bytes:
                 raise FeatureSetError(f"a shard of {self.fs.id}: {buf.file.tell()} grid bytes written, expected {n * self.image_bytes}")
+            if n < self.fs.spec.shard_images:  # a partial shard gives back the blocks reserved past its grids
+                buf.file.flush()
+                release_preallocation(buf.file.fileno())
             buf.file.write(ShardIndex.dense(n, self.fs.spec.shard_images, self.image_bytes).to_bytes())
             buf.file.flush()
             shard = allocate()  # claimed only once the shard is whole: a failed write claims nothing

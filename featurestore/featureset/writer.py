@@ -28,7 +28,7 @@ from featurestore.featureset.checks import NonFinite, as_tensor, check_batch, on
 from featurestore.featureset.spec import WriteResult
 from featurestore.featureset.staging import ShardBuffer, Staging
 from featurestore.layout import ShardIndex
-from featurestore.storage import is_disk_full, preallocate, release_preallocation
+from featurestore.storage import is_disk_full
 
 if TYPE_CHECKING:
     from featurestore.featureset.reader import FeatureSet
@@ -166,7 +166,6 @@ class FeatureSetWriter:
         n_pools = len(self._buffers) if self._stream else 1
         self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"radstore-shard{k}") for k in range(n_pools)] if background else []
         self._stagings = [Staging(fs, p) for p in self._pools] if self._stream else []
-        self._reserved: list[Any] = [None] * len(self._buffers)  # the streamed file whose blocks were reserved, per buffer
         self._cur = 0
         self._pending: Future | None = None
         self.written = 0
@@ -221,7 +220,6 @@ class FeatureSetWriter:
             take = min(s - buf.n, len(ids_k) - pos)
             if self._stream:
                 self._stagings[self._cur].append(buf, pat_t[pos : pos + take])
-                self._reserve(buf)
             buf.put(
                 ids_k[pos : pos + take],
                 sha_k[pos : pos + take],
@@ -245,8 +243,7 @@ class FeatureSetWriter:
             return
         self._wait()  # the other buffer's commit must finish before we reuse it next
         if self._stream:
-            self._pending = self._pools[self._cur].submit(self._commit_stream, buf, self._stagings[self._cur], self._reserved[self._cur])
-            self._reserved[self._cur] = None
+            self._pending = self._pools[self._cur].submit(self._commit_stream, buf, self._stagings[self._cur])
             self._cur = (self._cur + 1) % len(self._buffers)
             return
         shard = self._next_shard()
@@ -256,20 +253,9 @@ class FeatureSetWriter:
             self._pending = self._pools[0].submit(self._commit, shard, buf)
             self._cur = (self._cur + 1) % len(self._buffers)
 
-    def _reserve(self, buf: ShardBuffer) -> None:
-        """Reserve the disk blocks of a whole shard for ``buf``'s streamed file once it is open: its
-        grids then go into allocated blocks (:func:`~featurestore.storage.preallocate`)."""
-        if buf.file is not None and self._reserved[self._cur] is not buf.file:
-            self._reserved[self._cur] = buf.file
-            s = self.spec.shard_images
-            preallocate(buf.file.fileno(), s * self.fs.image_bytes + ShardIndex.nbytes(s))
-
-    def _commit_stream(self, buf: ShardBuffer, staging: Staging, reserved: Any) -> None:
+    def _commit_stream(self, buf: ShardBuffer, staging: Staging) -> None:
         """(the buffer's background thread, after the shard's appends) the file into place, then the
-        cls part. A partial shard first gives back the blocks reserved past its grids; a failed
-        append is left to ``staging.finish`` to report and clean up."""
-        if reserved is not None and buf.n < self.spec.shard_images and all(f.exception() is None for f in buf.appends):
-            release_preallocation(reserved.fileno())
+        cls part."""
         shard = staging.finish(buf, self._next_shard)
         n = buf.n
         self.fs.commit_cls_part(shard, cls_table(self.fs, shard, buf.ids, buf.cls[:n], buf.sha, buf.filled_extras()))
