@@ -9,6 +9,9 @@ DEMO_N ?= 400
 # Enough patients in val and test for every classification task to have >= 15 test and >= 8
 # validation positives (AUROC on fewer is reported as insufficient).
 DEMO_SPLIT ?= 0.45,0.2,0.35
+# Test images that nearly repeat a training image under another patient id: what the embedding
+# health's leakage audit must find (listed in the report; ground truth in near_duplicates.parquet).
+DEMO_DUPLICATES ?= 3
 PYTEST_ARGS ?=
 REBUILD_DIR ?= rebuild-check
 REBUILD_N ?= 100
@@ -81,11 +84,13 @@ rebuild-check: $(STAMP)
 	echo "rebuild-check: passed in $${SECONDS}s"
 
 demo: $(STAMP)
-	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --split $(DEMO_SPLIT) --seed 0 --preview --quiet
+	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --split $(DEMO_SPLIT) --seed 0 --preview --quiet \
+		--near-duplicates $(DEMO_DUPLICATES)
 	$(VENV)/bin/radstore study --config configs/demo.yaml --store $(DEMO_DIR)/store \
 		--manifest $(DEMO_DIR)/cohort/manifest.parquet --report $(DEMO_DIR)/report
 	@echo
 	@echo "contact sheet of the cohort: $(DEMO_DIR)/cohort/preview.png"
+	@echo "embedding health (collapse, CKA with the controls, the planted near-duplicates, drift): .venv/bin/radstore health --store $(DEMO_DIR)/store"
 	@echo "next: open $(DEMO_DIR)/report/index.html; query the results:"
 	@echo "  .venv/bin/radstore query --store $(DEMO_DIR)/store \"SELECT task, head, encoder, round(value, 3) AS value, round(ci_low, 3) AS low, round(ci_high, 3) AS high FROM latest WHERE \\\"primary\\\" ORDER BY task, head, value DESC\""
 	@echo "real weights: put model folders in \$$RADSTORE_WEIGHTS_DIR/{rad-dino,chexagent,biomedclip}; your own images: a manifest.parquet (README)"

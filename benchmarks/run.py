@@ -12,12 +12,15 @@ Stages (each module also runs alone; see its docstring):
    intensity, each encoder's preprocessing, per core; the fast path vs today when present
 8. ``decode_once`` five encoders from one decode (``extract_many``) vs five separate extractions,
    each against one decode + the sum of the five forwards (real-size random ViTs, CPU)
+9. ``health``      ``check_health`` of a 100,000-image feature set (synthetic globals, grids of a
+   2,000-image sample) vs its pure I/O and a naive read + SVD; target under a minute
 
 Every figure is the median of ``--reps`` (>= 3) interleaved rounds with its min-max spread,
 and a ratio against a baseline measured in the same run (this machine is shared and noisy).
 Prints one table and writes ``benchmarks/results/<YYYY-MM-DD>-<host>.json``. The default sizes
-finish in about 15 minutes on 2 cores (the real-size decode and decode-once stages take 3-4
-minutes each); ``--quick`` is a smoke test (seconds, not for numbers).
+finish in about 20 minutes on 2 cores (the real-size decode and decode-once stages take 3-4
+minutes each, the health stage about 5 and 9 GB of scratch disk); ``--quick`` is a smoke test
+(seconds, not for numbers).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 from benchmarks.common import Row, format_table, machine, write_results
 
-STAGES = ("store", "training", "extraction", "evaluation", "planning", "decode", "decode_once")
+STAGES = ("store", "training", "extraction", "evaluation", "planning", "decode", "decode_once", "health")
 
 FULL: dict[str, dict[str, Any]] = {
     "store": {"sizes": (64, 256, 1024)},
@@ -39,6 +42,7 @@ FULL: dict[str, dict[str, Any]] = {
     "planning": {"committed": 1_000_000, "query_rows": 100_000},
     "decode": {"n": 4, "min_side": 2500, "max_side": 3000},
     "decode_once": {"n": 1, "min_side": 2500, "max_side": 3000, "weights": "random", "batch_size": 1},
+    "health": {"n": 100_000, "sample": 2000, "backfill": 5000},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "store": {"sizes": (16, 64)},
@@ -48,6 +52,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "planning": {"committed": 20_000, "query_rows": 5_000},
     "decode": {"n": 2, "min_side": 256, "max_side": 320},
     "decode_once": {"n": 4, "min_side": 384, "max_side": 512, "weights": "random:tiny", "batch_size": 2},
+    "health": {"n": 3000, "sample": 64, "backfill": 300, "dim": 128, "grid": (64, 16, 16), "rank_images": 16},
 }
 
 
@@ -64,6 +69,8 @@ def _runner(stage: str) -> Callable[..., dict]:
         from benchmarks.decode import run
     elif stage == "decode_once":
         from benchmarks.decode_once import run
+    elif stage == "health":
+        from benchmarks.health import run
     else:
         from benchmarks.planning import run
     return run

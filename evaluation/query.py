@@ -17,6 +17,11 @@ metrics       every metric row of every version (``metrics/<eval_id>/metrics.par
 latest        metrics, the newest version of each (task, head, encoder, feature set, fold, metric)
 comparisons   paired comparisons with raw and corrected p (``metrics/<eval_id>/comparisons.parquet``)
 per_image     per-image Dice/IoU of segmentation runs; ``folds``: summaries across folds
+health        embedding health, the newest version of each feature set, long form: scope,
+              metric, value, limit, flagged (``features/<id>/health/<health_id>/summary.parquet``)
+health_*      that version's other tables: ``health_spectrum``, ``health_dimensions``,
+              ``health_patch_images``, ``health_norm_map``, ``health_leakage``,
+              ``health_neighbours``, ``health_drift``; ``health_versions``: every version
 ============  ==================================================================================
 
 Tables are scanned lazily as Arrow datasets (local disk, or object storage through fsspec),
@@ -57,8 +62,10 @@ from featurestore import layout
 from featurestore.errors import RadstoreError
 from featurestore.layout.records import (
     evaluation_table_paths,
+    health_table_paths,
     lineage_path,
     list_evaluations,
+    list_health,
     list_runs,
     predictions_path,
     runs_root,
@@ -99,6 +106,8 @@ VIEWS = (
     "comparisons",
     "per_image",
     "folds",
+    *(("health" if name == "summary" else f"health_{name}") for name in layout.HEALTH_TABLES),
+    "health_versions",
 )
 
 
@@ -160,6 +169,25 @@ def _evaluations(evals: list) -> pa.Table:
         for e in evals
     ]
     return pa.Table.from_pylist(rows, schema=layout.EVALUATIONS_VIEW_SCHEMA)
+
+
+def _health(store: Store, con: duckdb.DuckDBPyConnection) -> None:
+    """Register the health views: each feature set's newest health version's tables, and every version."""
+    newest: dict[str, list[str]] = {name: [] for name in layout.HEALTH_TABLES}
+    rows = []
+    for fs in store.feature_sets():
+        recs = list_health(fs)
+        for r in recs:
+            rows.append({"feature_set_id": fs.id, "health_id": r.health_id, "encoder": r.encoder, "created_at": r.created,
+                         "images": r.images, "sampled": r.sampled,
+                         "watermark": datetime.fromisoformat(r.watermark) if r.watermark else None, "previous": r.previous,
+                         "flags": list(r.flags), "code_version": r.code_version, "latest": r is recs[-1]})  # fmt: skip
+        if recs:
+            for name in layout.HEALTH_TABLES:
+                newest[name] += health_table_paths(fs, [recs[-1].health_id], name)
+    for name, schema in layout.HEALTH_TABLES.items():
+        con.register("health" if name == "summary" else f"health_{name}", _dataset(store, newest[name], schema))
+    con.register("health_versions", pa.Table.from_pylist(rows, schema=layout.HEALTH_VERSIONS_VIEW_SCHEMA))
 
 
 def _predictions(store: Store, run_ids: list[str]) -> ds.Dataset | pa.Table:
@@ -262,6 +290,7 @@ def connect(
         "CREATE OR REPLACE VIEW latest AS SELECT * FROM metrics QUALIFY row_number() OVER "
         "(PARTITION BY task, head, encoder, feature_set_id, fold, metric ORDER BY created_at DESC, eval_id DESC) = 1"
     )
+    _health(store, con)
     return sandbox(con) if sandboxed else con
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from flows.cli_options import (
     EVAL_OPTIONS,
     EXTRACT_OPTIONS,
+    HEALTH_OPTIONS,
     TRAIN_OPTIONS,
     config_option,
     config_values,
@@ -29,14 +30,22 @@ def _human(n: float) -> str:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """``radstore synth``: write a synthetic cohort (and optionally its preview), print the manifest's
-    path; exits 0."""
+    path; exits 0, or 2 with one line when the options describe no cohort (a negative
+    ``--near-duplicates``, or more of them than the cohort has train images), before anything is written."""
     from featurestore.preview import contact_sheet
-    from featurestore.synth.cohort import SynthConfig, synthesize
+    from featurestore.synth.cohort import NEAR_DUPLICATES_FILE, SynthConfig, synthesize
 
-    cfg = SynthConfig(n=args.n, seed=args.seed, min_side=args.min_side, max_side=args.max_side, workers=args.workers,
-                      split=args.split, compression=args.compression)  # fmt: skip
-    manifest = synthesize(args.out, cfg, progress=not args.quiet)
-    print(f"wrote {cfg.n} images and {manifest}")
+    try:
+        cfg = SynthConfig(n=args.n, seed=args.seed, min_side=args.min_side, max_side=args.max_side, workers=args.workers,
+                          split=args.split, compression=args.compression, near_duplicates=args.near_duplicates,
+                          near_duplicate_noise=args.near_duplicate_noise)  # fmt: skip
+        manifest = synthesize(args.out, cfg, progress=not args.quiet)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"wrote {cfg.n + cfg.near_duplicates} images and {manifest}")
+    if cfg.near_duplicates:
+        print(f"near-duplicates: {manifest.parent / NEAR_DUPLICATES_FILE}")
     if args.preview:
         png = contact_sheet(str(manifest), args.preview if isinstance(args.preview, str) else f"{args.out}/preview.png")
         print(f"preview: {png}")
@@ -344,6 +353,35 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """``radstore health``: check (or find, when nothing changed) the embedding health of the
+    store's feature sets, print one overview row each, then the flags, leakage pairs and drift;
+    exits 1 with ``--fail-on-flags`` when any set is flagged."""
+    import math
+
+    from featurestore.errors import RadstoreError
+    from featurestore.health import HealthConfig, check_store
+    from featurestore.health.text import detail_lines, overview_rows
+    from featurestore.store import Store
+
+    try:
+        cfg = HealthConfig(**config_values(args, HealthConfig, HEALTH_OPTIONS))
+    except ValueError as e:
+        raise RadstoreError(str(e)) from None
+    results = check_store(Store.open(args.store), args.feature_set or None, cfg, progress=not args.quiet)
+    if args.json:
+        finite = lambda r: {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}  # noqa: E731
+        print(json.dumps([{**h.record.to_json(), "path": h.path, "created": h.created,
+                           "summary": [finite(r) for r in h.tables["summary"].drop(["created_at"]).to_pylist()]}
+                          for h in results], indent=2))  # fmt: skip
+    else:
+        print_rows(overview_rows(results))
+        for h in results:
+            print("\n".join(["", *detail_lines(h)]))
+    flagged = sum(bool(h.record.flags) for h in results)
+    return EXIT_PARTIAL if args.fail_on_flags and flagged else EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``radstore report``: write the HTML report of an evaluation and print its path; exits 0."""
     from evaluation.report import write_report
@@ -384,6 +422,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     for enc, e in out["extracted"].items():
         weights = e["weights"] or ("found locally" if get_encoder(enc).needs_weights else "none needed")
         print(f"{enc:12s} weights={weights}  {e['done']} new, {e['skipped']} reused, {e['failed']} failed  -> {out['feature_sets'][enc]}")
+    for h in out.get("health", []):
+        if "error" in h:
+            print(f"health {h['feature_set_id']}: failed: {h['error']}")
+            continue
+        flags = "; ".join(h["flags"]) or "no flags"
+        print(f"health {h['encoder']:12s} {h['health_id']} ({'computed' if h['created'] else 'unchanged'}): {flags}")
     print(f"training: {out['trained']} run(s) trained, {out['reused']} reused")
     print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in out["timings"].items()))
     print(f"evaluation: {out['eval_id']} ({'new version' if out['new_eval'] else 'inputs unchanged: existing version'})")
@@ -439,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fractions of patients per split (default: %(default)s)")  # fmt: skip
     s.add_argument("--compression", choices=SynthConfig.COMPRESSIONS, default="none",
                    help="DICOM pixel data: uncompressed or a lossless transfer syntax (default: none)")  # fmt: skip
+    s.add_argument("--near-duplicates", type=int, default=SynthConfig.near_duplicates, metavar="K",
+                   help="also write K test images, each a noisy copy of a distinct train image under a patient of its own "
+                        "(ground truth: OUT/near_duplicates.parquet; default: %(default)s)")  # fmt: skip
+    s.add_argument("--near-duplicate-noise", type=float, default=SynthConfig.near_duplicate_noise, metavar="STD",
+                   help="std of the Gaussian noise on a near-duplicate's [0, 1] image (default: %(default)s)")  # fmt: skip
     s.add_argument("--preview", nargs="?", const=True, default=False, help="also write a contact sheet PNG (default OUT/preview.png)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
@@ -554,6 +603,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for 'significant' (Benjamini-Hochberg)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(func=cmd_diff)
+
+    from featurestore.health.config import HealthConfig
+
+    s = sub.add_parser(
+        "health",
+        help="embedding health of each feature set: spectrum, collapse, CKA with the controls, leakage test~train, drift "
+        "between backfills (a versioned artifact; recomputed only when something changed)",
+    )
+    s.add_argument("--store", required=True)
+    s.add_argument("--feature-set", action="append", default=[], help="a feature set id (repeatable; default: every one)")
+    for name, help_ in HEALTH_OPTIONS.items():
+        config_option(s, HealthConfig, name, help_)
+    s.add_argument("--json", action="store_true", help="every version's record and summary as JSON")
+    s.add_argument("--fail-on-flags", action="store_true", help="exit 1 when any feature set is flagged")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_health)
 
     s = sub.add_parser("report", help="HTML report with figures of an evaluation (default: the latest)")
     s.add_argument("--store", required=True)

@@ -97,4 +97,13 @@ TRAIN_OPTIONS = (
     "solver",
 )
 EXTRACT_OPTIONS = ("weights", "size", "bits", "intensity", "batch_size", "device", "num_workers", "shard_images", "dtype", "profile")
+#: The HealthConfig fields `radstore health` exposes, with their help (defaults come from the config).
+HEALTH_OPTIONS = {
+    "sample": "images whose patch grids are read (and CKA's images); 0: all",
+    "seed": "seed of the samples and the drift test's permutations",
+    "leakage_threshold": "whitened cosine at or above which a test-train pair is listed",
+    "drift_sample": "embeddings per side of the drift test",
+    "permutations": "permutations of the drift test's p-value",
+}
+
 EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold", "min_class_count")

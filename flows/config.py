@@ -66,6 +66,8 @@ class StudyConfig:
     folds: tuple[int, ...] | None = None  # None: the manifest's split; e.g. [0,1,2,3,4] for 5-fold CV by patient
     train: dict[str, Any] = field(default_factory=dict)  # any heads.train.TrainConfig field (lr, max_epochs, solver, ...)
     evaluation: dict[str, Any] = field(default_factory=dict)  # any evaluation.artifacts.EvalConfig field
+    # Embedding health after each extraction: any featurestore.health.HealthConfig field; None: skipped.
+    health: dict[str, Any] | None = field(default_factory=dict)
     report: str | None = None  # report directory; None: <store>/../report for a local store, no report for a remote one
     runner: str = "local"  # local | dask (a LocalCluster) | dask:tcp://scheduler:8786 (an existing cluster)
     device: str = "auto"
@@ -107,6 +109,11 @@ class StudyConfig:
         if bad:
             raise RadstoreError(f"train: unknown or per-run key(s) {', '.join(sorted(bad))}")
         EvalConfig(**self.evaluation)  # validates
+        if self.health is not None:
+            try:
+                self.health_config()
+            except (TypeError, ValueError) as e:
+                raise RadstoreError(str(e)) from None
         for e in self.encoders:
             get_encoder(e.name)
 
@@ -125,6 +132,12 @@ class StudyConfig:
         return grid_configs(
             list(self.tasks), list(self.heads), list(self.folds) if self.folds else None, {**self.train, "device": self.device}
         )
+
+    def health_config(self):  # noqa: ANN201 (HealthConfig; imported lazily)
+        """The study's :class:`featurestore.health.HealthConfig` (None when ``health`` is off)."""
+        from featurestore.health.config import HealthConfig
+
+        return None if self.health is None else HealthConfig.from_dict(self.health)
 
     @property
     def report_dir(self) -> str | None:

@@ -339,6 +339,12 @@ def study_noop(cfg: StudyConfig) -> str | None:
         if rids is None:
             return None
         run_ids += rids
+    hcfg = cfg.health_config()
+    if hcfg is not None:
+        from featurestore.health.check import current_health
+
+        if any(current_health(st, st.feature_set(c.feature_set_id), hcfg) is None for c in done):
+            return None
     eval_id = existing_evaluation(st, run_ids, cfg.evaluation)
     if eval_id is None:
         return None

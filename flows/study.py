@@ -1,5 +1,5 @@
-"""Prefect flow ``study``: ingest -> extract (every encoder) -> train (encoders x tasks x heads
-x folds) -> evaluate -> report, from one :class:`flows.config.StudyConfig`.
+"""Prefect flow ``study``: ingest -> extract (every encoder) -> embedding health -> train (encoders x
+tasks x heads x folds) -> evaluate -> report, from one :class:`flows.config.StudyConfig`.
 
 Each stage reuses what the store holds, so a scheduled rerun with nothing new is cheap:
 ingest is idempotent, extraction is a backfill of uncommitted images, a training run is
@@ -20,6 +20,7 @@ from flows import prefect_env  # noqa: F401
 from flows.config import StudyConfig, load_config
 from flows.evaluate import evaluate_flow
 from flows.extract import run_extraction, task_runner_for
+from flows.health import health_task
 from flows.regressions import regressions_task
 from flows.train import train_task
 from heads.runs import plan_runs
@@ -94,6 +95,16 @@ def _embed_all(cfg: StudyConfig, timings: dict[str, float]) -> tuple[dict[str, s
     return feature_sets, extracted
 
 
+def _health(cfg: StudyConfig, feature_sets: dict[str, str], timings: dict[str, float]) -> list[dict]:
+    """The embedding health of every encoder's feature set (skipped when the config's ``health`` is None)."""
+    if cfg.health is None:
+        return []
+    t = time.perf_counter()
+    out = health_task(cfg.store, list(feature_sets.values()), cfg.health, cfg.storage_options or None)
+    timings["health"] = time.perf_counter() - t
+    return out
+
+
 def _config(config: dict[str, Any] | None, config_file: str | None) -> StudyConfig:
     if config_file:
         return load_config(config_file, **(config or {}))
@@ -110,6 +121,7 @@ def backfill(config: dict[str, Any] | None = None, follow_on: str | None = None,
     cfg = _config(config, config_file)
     timings: dict[str, float] = {}
     feature_sets, extracted = _embed_all(cfg, timings)
+    health = _health(cfg, feature_sets, timings)
     new = sum(e["done"] for e in extracted.values())
     follow = None
     if new and follow_on:
@@ -120,6 +132,7 @@ def backfill(config: dict[str, Any] | None = None, follow_on: str | None = None,
         "feature_sets": feature_sets,
         "extracted": extracted,
         "new": new,
+        "health": health,
         "follow_on_run": follow,
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -135,6 +148,7 @@ def study(config: dict[str, Any] | None = None, config_file: str | None = None) 
     so = cfg.storage_options or None
     timings: dict[str, float] = {}
     feature_sets, extracted = _embed_all(cfg, timings)
+    health = _health(cfg, feature_sets, timings)
 
     t = time.perf_counter()
     run_ids, trained, reused = [], 0, 0
@@ -168,6 +182,7 @@ def study(config: dict[str, Any] | None = None, config_file: str | None = None) 
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "feature_sets": feature_sets,
         "extracted": extracted,
+        "health": health,
         "runs": run_ids,
         "trained": trained,
         "reused": reused,

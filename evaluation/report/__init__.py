@@ -15,7 +15,9 @@ column in bold) and every metric; a forest plot of the CIs; then, per task kind,
 what it predicts (ROC and PR curves for a score, predicted vs true for a value, per-image Dice
 distributions and overlays of the best run's best, median and worst test image for a mask);
 corrected p-value matrices of the paired bootstrap, the table of all comparisons, and Friedman +
-Nemenyi across cross-validation folds. Undefined numbers (an AUROC on a test split with one
+Nemenyi across cross-validation folds; last, the embedding health of each feature set the runs
+read (:mod:`.health`: its latest version's overview, spectra, patch diversity, norm maps,
+leakage pairs and drift). Undefined numbers (an AUROC on a test split with one
 class) are shown as "n/a", never as a crash or a fake 0.
 
 Three layers, so each can change (or be tested) alone: :mod:`.gather` reads the store into

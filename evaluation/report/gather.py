@@ -1,9 +1,10 @@
 """Everything a report reads from the store, in one pass, into plain rows and arrays.
 
 Reads go through the evaluation's typed record and the run functions of
-:mod:`featurestore.layout.records` only, so the report follows the store's format wherever
-it moves. What comes out, :class:`ReportData`, holds no store handle: the figures and the page
-are drawn from it alone (and tests can build one by hand).
+:mod:`featurestore.layout.records` (the health versions through :mod:`featurestore.health`)
+only, so the report follows the store's format wherever it moves. What comes out,
+:class:`ReportData`, holds no store handle: the figures and the page are drawn from it alone
+(and tests can build one by hand).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evaluation.artifacts import read_evaluation
+from evaluation.report.health import HealthData, gather_health
 from evaluation.report.masks import Overlay, OverlayImage, best_mask_run, pick_images
 from featurestore.errors import RadstoreError
 from featurestore.layout.records import EvaluationRecord, open_masks, read_test_predictions
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ReportData:
     """One evaluation version as the report shows it: its record, its tables as row dicts,
-    the test predictions of its global runs and the overlay images of its mask tasks."""
+    the test predictions of its global runs, the overlay images of its mask tasks and the
+    embedding health of the feature sets its runs read."""
 
     record: EvaluationRecord
     store_url: str
@@ -40,6 +43,7 @@ class ReportData:
     cohort_hash: str | None = None  # the images every run used, by content (provenance_rows)
     previous: str | None = None  # the evaluation before this one, and what changed since it
     changes: str | None = None
+    health: list[HealthData] = field(default_factory=list)  # latest health version of each feature set checked
 
     @property
     def eval_id(self) -> str:
@@ -91,8 +95,9 @@ def gather(store: Store, eval_id: str | None = None, overlays: int = 3) -> Repor
         drawn[task] = overlay_data(store, task, *best, picks, uris)
     provenance, cohort = provenance_rows(store, record)
     previous, changes = changes_since(store, record.eval_id)
+    health = gather_health(store, {r["feature_set_id"]: r["encoder"] for r in record.runs})  # skips what it cannot read
     return ReportData(record, store.url, **rows, predictions=predictions, overlays=drawn, provenance=provenance,
-                      cohort_hash=cohort, previous=previous, changes=changes)  # fmt: skip
+                      cohort_hash=cohort, previous=previous, changes=changes, health=health)  # fmt: skip
 
 
 def provenance_rows(store: Store, record: EvaluationRecord) -> tuple[list[dict], str | None]:

@@ -10,6 +10,7 @@ is in the results tables and the forest plot, with no figure of its own.
 from __future__ import annotations
 
 import base64
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from evaluation.report import health as H
 from evaluation.report import tables as T
 from evaluation.report.common import (
     colours,
     fmt,
     headline_rows,
     kind_metrics,
+    label,
     metric_display,
     primary_metrics,
     runs_by_split,
@@ -166,6 +169,33 @@ def kind_sections(ctx: Context, tasks: list[str], first: int) -> list[Section]:
     return out
 
 
+# -- embedding health ---------------------------------------------------------------------------
+
+
+def health_section(health: list[H.HealthData], runs: list[dict], store_url: str, palette: dict[str, str], number: int) -> dict[str, Any]:
+    """The "Embedding health" section: the latest health version of each feature set the runs
+    read (tables and figures of :mod:`evaluation.report.health`), and which feature sets have
+    none yet, with the command that checks them. ``palette``: the report's encoder colours."""
+    shown = {h.feature_set_id for h in health}
+    missing = sorted({(r["encoder"], r["feature_set_id"]) for r in runs if r["feature_set_id"] not in shown})
+    return {
+        "number": number,
+        "missing": [f"{label(e)} ({fsid})" for e, fsid in missing],
+        "command": shlex.join(["radstore", "health", "--store", store_url, *(a for _, fsid in missing for a in ("--feature-set", fsid))]),
+        "summary": H.summary_table(health) if health else None,
+        "blocks": [Block(name, caption, png) for name, caption, png in H.health_figures(health, palette)] if health else [],
+        "leakage": H.leakage_table(health),
+        "leakage_notes": H.leakage_notes(health),
+        "leakage_rule": H.leakage_rule(health),
+        "drift": H.drift_table(health),
+    }
+
+
+def health_section_html(section: dict[str, Any]) -> str:
+    """The section of :func:`health_section` as an HTML fragment (what the page holds)."""
+    return str(environment().get_template("macros.html.j2").module.health_section(section))
+
+
 # -- the page -----------------------------------------------------------------------------------
 
 
@@ -245,6 +275,7 @@ def render_report(data: ReportData, out_dir: str | Path, correction: str = "bonf
             else None,
         },
     }
+    page["health"] = health_section(data.health, data.runs, data.store_url, ctx.colours, page["comparisons"]["number"] + 1)
     for block in _blocks(page):
         if block.png is not None:
             (out / "figures" / f"{block.name}.png").write_bytes(block.png)
@@ -260,7 +291,7 @@ def render_report(data: ReportData, out_dir: str | Path, correction: str = "bonf
 def _blocks(page: dict[str, Any]) -> list[Block]:
     """Every block of the page, in page order (those with a figure are written to figures/)."""
     c = page["comparisons"]
-    blocks = [page["forest"], *(b for s in page["sections"] for b in s.blocks), c["pvalues"], c["nemenyi"]]
+    blocks = [page["forest"], *(b for s in page["sections"] for b in s.blocks), c["pvalues"], c["nemenyi"], *page["health"]["blocks"]]
     return [b for b in blocks if b is not None]
 
 

@@ -25,6 +25,10 @@ A store is one directory or one object-store prefix::
         .tmp/<host>-<pid>-<token>.partial local stores only: files being written, renamed into
                                           place when whole (a dead writer's are swept)
         .lock                             local stores only: serialises the array's growth
+        health/<health_id>/               one embedding-health version (featurestore.health):
+          summary.parquet, spectrum.parquet, ...  (HEALTH_TABLES)
+          health.json                     the record (records.HealthRecord); written last: the
+                                          version exists from here on
       aliases/<feature_set_id>.json       an id that resolves to an existing feature set, created
                                           once, atomically: {"feature_set_id", "alias_of", "reason",
                                           "fingerprint_scheme", "weights_fingerprint",
@@ -120,6 +124,8 @@ from featurestore.layout.paths import (
     FORMAT_NAME,
     FORMAT_VERSION,
     HEAD_WEIGHTS,
+    HEALTH_DIR,
+    HEALTH_JSON,
     IMAGES_DIR,
     INGEST_ERRORS_DIR,
     LOCK_FILE,
@@ -158,6 +164,9 @@ from featurestore.layout.schemas import (
     EVALUATIONS_VIEW_SCHEMA,
     FEATURES_VIEW_SCHEMA,
     FOLDS_SCHEMA,
+    HEALTH_SCHEMA,
+    HEALTH_TABLES,
+    HEALTH_VERSIONS_VIEW_SCHEMA,
     IMAGES_DICTIONARY_COLUMNS,
     IMAGES_SCHEMA,
     INGEST_ERRORS_SCHEMA,
@@ -194,6 +203,11 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "HEAD_WEIGHTS",
+    "HEALTH_DIR",
+    "HEALTH_JSON",
+    "HEALTH_SCHEMA",
+    "HEALTH_TABLES",
+    "HEALTH_VERSIONS_VIEW_SCHEMA",
     "IMAGES_DICTIONARY_COLUMNS",
     "IMAGES_DIR",
     "IMAGES_SCHEMA",

@@ -32,6 +32,10 @@ TMP_DIR = ".tmp"
 PARTIAL_SUFFIX = ".partial"
 DIMENSION_NAMES = ("image", "channel", "y", "x")
 
+# features/<feature_set_id>/health/<health_id>/: one embedding-health version (featurestore.health)
+HEALTH_DIR = "health"
+HEALTH_JSON = "health.json"
+
 # aliases/<feature_set_id>.json: another id under which an existing feature set is found
 ALIASES_DIR = "aliases"
 

@@ -1,5 +1,6 @@
-"""Typed records of a run (``runs/<id>/run.json``) and an evaluation (``metrics/<id>/eval.json``),
-and the only code that reads or writes their directories.
+"""Typed records of a run (``runs/<id>/run.json``), an evaluation (``metrics/<id>/eval.json``) and
+an embedding-health version (``features/<id>/health/<health_id>/health.json``), and the only code
+that reads or writes their directories.
 
 A record is written last, atomically: a run or evaluation exists once its json exists, and a
 crash before that leaves a directory no listing returns. Records read as mappings too
@@ -23,11 +24,13 @@ import pyarrow.parquet as pq
 
 from featurestore.errors import RadstoreError
 from featurestore.layout import paths as P
-from featurestore.layout.schemas import EVAL_TABLES, LINEAGE_SCHEMA
+from featurestore.layout.schemas import EVAL_TABLES, HEALTH_TABLES, LINEAGE_SCHEMA
 
 if TYPE_CHECKING:
     import zarr
 
+    from featurestore.featureset.reader import FeatureSet
+    from featurestore.storage import Location
     from featurestore.store import Store
     from featurestore.tasks import TaskKind
 
@@ -287,10 +290,15 @@ def evaluation_path(store: Store, eval_id: str) -> str:
 
 def write_evaluation(store: Store, rec: EvaluationRecord, tables: Mapping[str, pa.Table]) -> str:
     """Write every table of EVAL_TABLES, then eval.json (the commit); returns the directory."""
-    loc = store.loc.child(P.METRICS_DIR, rec.eval_id)
-    for name, schema in EVAL_TABLES.items():
+    return _write_version(store.loc.child(P.METRICS_DIR, rec.eval_id), EVAL_TABLES, tables, rec, P.EVAL_JSON)
+
+
+def _write_version(loc: Location, schemas: Mapping[str, pa.Schema], tables: Mapping[str, pa.Table], rec: _JsonRecord,
+                   record_file: str) -> str:  # fmt: skip
+    """Every table of ``schemas`` under ``loc``, then the record (the commit); returns the directory."""
+    for name, schema in schemas.items():
         loc.write_parquet(tables[name].cast(schema), P.table_file(name))
-    loc.write_json(rec.to_json(), P.EVAL_JSON)  # last: the version exists from here on
+    loc.write_json(rec.to_json(), record_file)  # last: the version exists from here on
     return loc.path()
 
 
@@ -317,3 +325,71 @@ def read_evaluation_tables(store: Store, eval_id: str) -> dict[str, pa.Table]:
     """Every table of EVAL_TABLES of one evaluation, read with its declared schema."""
     return {name: store.loc.read_parquet(evaluation_table_paths(store, [eval_id], name), schema=schema)
             for name, schema in EVAL_TABLES.items()}  # fmt: skip
+
+
+# -- embedding health ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class HealthRecord(_JsonRecord):
+    """One embedding-health version of a feature set (:mod:`featurestore.health`): what it read
+    (``inputs``: the committed cls parts' digest, the images' splits, the controls), how
+    (``config``), what it flagged, and the cls parts it read, from which the next version's drift
+    measurement tells the new rows."""
+
+    health_id: str
+    feature_set_id: str
+    encoder: str
+    created_at: str
+    config: dict[str, Any]
+    inputs: dict[str, Any]
+    images: int
+    sampled: int
+    watermark: str | None = None  # newest extracted_at among the rows it read (ISO); None: no rows
+    previous: str | None = None  # the version before it (its drift rows are carried over)
+    parts: list[str] = field(default_factory=list)  # the cls parts it read: the next version's new rows are the others
+    flags: list[str] = field(default_factory=list)
+    health_version: int = 1
+    code_version: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _REQUIRED: ClassVar[tuple[str, ...]] = ("health_id", "feature_set_id", "encoder", "created_at", "config", "inputs", "images", "sampled")
+
+    @property
+    def created(self) -> datetime:
+        """``created_at`` as a datetime."""
+        return datetime.fromisoformat(self.created_at)
+
+
+def health_exists(fs: FeatureSet, health_id: str) -> bool:
+    """Whether health version ``health_id`` of ``fs`` is committed (its ``health.json`` exists)."""
+    return fs.loc.exists(P.HEALTH_DIR, health_id, P.HEALTH_JSON)
+
+
+def write_health(fs: FeatureSet, rec: HealthRecord, tables: Mapping[str, pa.Table]) -> str:
+    """Write every table of HEALTH_TABLES, then health.json (the commit); returns the directory."""
+    return _write_version(fs.loc.child(P.HEALTH_DIR, rec.health_id), HEALTH_TABLES, tables, rec, P.HEALTH_JSON)
+
+
+def list_health(fs: FeatureSet) -> list[HealthRecord]:
+    """Every committed health version of ``fs``, oldest first."""
+    out = []
+    for p in fs.loc.list(P.HEALTH_DIR):
+        name = p.rstrip("/").rsplit("/", 1)[-1]
+        if fs.loc.exists(P.HEALTH_DIR, name, P.HEALTH_JSON):
+            out.append(HealthRecord.from_json(fs.loc.read_json(P.HEALTH_DIR, name, P.HEALTH_JSON)))
+    return sorted(out, key=lambda r: (r.created_at, r.health_id))
+
+
+def health_table_paths(fs: FeatureSet, health_ids: list[str], name: str) -> list[str]:
+    """Where table ``name`` of each health version of ``fs`` lives (for lazy scans)."""
+    return [fs.loc.path(P.HEALTH_DIR, h, P.table_file(name)) for h in health_ids]
+
+
+def read_health_tables(fs: FeatureSet, health_id: str) -> dict[str, pa.Table]:
+    """Every table of HEALTH_TABLES of one health version, read with its declared schema."""
+    if not health_exists(fs, health_id):
+        raise RadstoreError(f"feature set {fs.id} has no health version {health_id!r} (radstore health --store ... lists them)")
+    return {name: fs.loc.read_parquet(health_table_paths(fs, [health_id], name), schema=schema)
+            for name, schema in HEALTH_TABLES.items()}  # fmt: skip

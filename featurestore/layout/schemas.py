@@ -138,6 +138,67 @@ FOLDS_SCHEMA = pa.schema([
 #: The tables of one evaluation version, by name (file ``<name>.parquet``).
 EVAL_TABLES = {"metrics": METRICS_SCHEMA, "comparisons": COMPARISONS_SCHEMA, "per_image": PER_IMAGE_SCHEMA, "folds": FOLDS_SCHEMA}
 
+# -- embedding health (features/<id>/health/<health_id>/, featurestore.health) -------------------
+#: Every figure of one health version in long form: ``scope`` global | patch | control | leakage |
+#: drift; ``limit`` and ``flagged`` where the figure has a warning limit (null otherwise); ``n``
+#: the images (or tokens, for pooled patch figures) it was computed from; ``detail`` what it
+#: was compared with (a control's feature set id, a backfill's number).
+HEALTH_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("health_id", pa.string()), ("created_at", UTC_MS), ("encoder", pa.string()),
+    ("scope", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("limit", pa.float64()),
+    ("flagged", pa.bool_()), ("n", pa.int64()), ("detail", pa.string()),
+])  # fmt: skip
+#: Singular values, largest first: ``source`` global (the raw embeddings, what RankMe reads),
+#: global_centered (the covariance's, what the participation ratio reads) or patch (pooled tokens).
+SPECTRUM_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("health_id", pa.string()), ("source", pa.string()), ("k", pa.int32()),
+    ("singular_value", pa.float64()), ("variance_fraction", pa.float64()),
+])  # fmt: skip
+DIMENSIONS_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("health_id", pa.string()), ("dim", pa.int32()),
+    ("mean", pa.float64()), ("variance", pa.float64()), ("dead", pa.bool_()),
+])  # fmt: skip
+#: One row per sampled image: the mean pairwise cosine of its patch tokens, their effective rank
+#: (null beyond the images it is computed for) and their mean norm.
+PATCH_IMAGES_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("health_id", pa.string()), ("image_id", pa.string()),
+    ("patch_cosine", pa.float64()), ("patch_rank", pa.float64()), ("mean_norm", pa.float64()),
+])  # fmt: skip
+NORM_MAP_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("health_id", pa.string()), ("y", pa.int32()), ("x", pa.int32()), ("mean_norm", pa.float64()),
+])  # fmt: skip
+#: Test-train pairs at or above the audit's cosine threshold (every such pair, not only nearest).
+LEAKAGE_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("health_id", pa.string()),
+    ("test_image_id", pa.string()), ("train_image_id", pa.string()),
+    ("test_patient_id", pa.string()), ("train_patient_id", pa.string()), ("cosine", pa.float64()), ("same_patient", pa.bool_()),
+])  # fmt: skip
+#: Every test image's nearest training image (the distribution the threshold cuts).
+NEIGHBOURS_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("health_id", pa.string()), ("image_id", pa.string()),
+    ("nearest_train_id", pa.string()), ("cosine", pa.float64()),
+])  # fmt: skip
+#: One row per backfill a health version saw arrive: its new images against those before.
+DRIFT_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("health_id", pa.string()), ("backfill", pa.int32()),
+    ("new_from", UTC_MS), ("new_upto", UTC_MS), ("n_before", pa.int64()), ("n_new", pa.int64()),
+    ("mean_shift", pa.float64()), ("mmd2", pa.float64()), ("bandwidth", pa.float64()), ("p_value", pa.float64()),
+    ("permutations", pa.int64()), ("rankme_before", pa.float64()), ("rankme_new", pa.float64()),
+    ("anisotropy_before", pa.float64()), ("anisotropy_new", pa.float64()), ("flagged", pa.bool_()),
+])  # fmt: skip
+#: One row per committed health version (served from health.json records for the SQL views).
+HEALTH_VERSIONS_VIEW_SCHEMA = pa.schema([
+    ("feature_set_id", pa.string()), ("health_id", pa.string()), ("encoder", pa.string()), ("created_at", UTC_US),
+    ("images", pa.int64()), ("sampled", pa.int64()), ("watermark", UTC_US), ("previous", pa.string()),
+    ("flags", pa.list_(pa.string())), ("code_version", pa.string()), ("latest", pa.bool_()),
+])  # fmt: skip
+#: The tables of one health version, by name (file ``<name>.parquet``).
+HEALTH_TABLES = {
+    "summary": HEALTH_SCHEMA, "spectrum": SPECTRUM_SCHEMA, "dimensions": DIMENSIONS_SCHEMA,
+    "patch_images": PATCH_IMAGES_SCHEMA, "norm_map": NORM_MAP_SCHEMA, "leakage": LEAKAGE_SCHEMA,
+    "neighbours": NEIGHBOURS_SCHEMA, "drift": DRIFT_SCHEMA,
+}  # fmt: skip
+
 FEATURES_VIEW_SCHEMA = pa.schema([
     ("feature_set_id", pa.string()), ("encoder", pa.string()), ("weights", pa.string()),
     ("weights_fingerprint", pa.string()), ("channels", pa.int64()), ("grid_h", pa.int64()),

@@ -8,6 +8,14 @@ JPEG Lossless (Process 14) is not offered: pydicom decodes it but has no encoder
 Deterministic: image ``i`` of seed ``s`` depends only on (s, i) and its patient's (s, p), so
 the same seed gives the same bytes, and a larger ``n`` extends a smaller cohort (the first
 ``n`` images are identical) -- which is what a backfill test needs.
+
+With ``near_duplicates`` = k, k extra images follow the ``n`` regular ones: each re-renders a
+distinct train image (same anatomy, size, labels, format and DICOM parameters) with a little
+Gaussian noise, under a new image id, a patient of its own, in the test split. They are the
+leakage a patient-level split cannot see, planted so that a leakage audit can be checked against
+a known answer, which is written beside the manifest (:data:`NEAR_DUPLICATES_FILE`, read back by
+:func:`read_near_duplicates`). The regular images do not change, so the cohort stays a prefix
+of the same seed's cohort without them.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from PIL import Image
 from featurestore.manifest import MANIFEST_SCHEMA
 from featurestore.synth.phantom import PatientAnatomy, render, sample_patient
 
-__all__ = ["TRANSFER_SYNTAXES", "SynthConfig", "synthesize", "write_dicom"]
+__all__ = ["NEAR_DUPLICATES_FILE", "TRANSFER_SYNTAXES", "SynthConfig", "read_near_duplicates", "synthesize", "write_dicom"]
 
 #: ``compression`` -> the lossless transfer syntax pydicom encodes it with (RLE: pydicom's own
 #: encoder; JPEG-LS: pyjpegls (CharLS); JPEG 2000: pylibjpeg-openjpeg, reversible wavelet).
@@ -36,6 +44,18 @@ TRANSFER_SYNTAXES = {
     "jpeg-ls": "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
     "jpeg2000": "1.2.840.10008.1.2.4.90",  # JPEG 2000 Image Compression (Lossless Only)
 }
+
+#: The planted near-duplicates' ground truth, beside the manifest: one row per duplicate
+#: (``image_id``, ``duplicate_of``, ``patient_id``, ``source_patient_id``).
+NEAR_DUPLICATES_FILE = "near_duplicates.parquet"
+NEAR_DUPLICATES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("patient_id", pa.string()),
+        ("source_patient_id", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -52,12 +72,18 @@ class SynthConfig:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train/val/test, by patient
     workers: int = 0  # 0: one per core
     compression: str = "none"  # how DICOM pixel data is stored: one of COMPRESSIONS
+    near_duplicates: int = 0  # extra test images, each a noisy copy of a distinct train image
+    near_duplicate_noise: float = 0.01  # std of the Gaussian noise on the duplicate's [0, 1] image
 
     COMPRESSIONS: ClassVar[tuple[str, ...]] = ("none", *TRANSFER_SYNTAXES)
 
     def __post_init__(self) -> None:
         if self.compression not in self.COMPRESSIONS:
             raise ValueError(f"compression must be one of {self.COMPRESSIONS}, got {self.compression!r}")
+        if self.near_duplicates < 0:
+            raise ValueError(f"near_duplicates must be >= 0, got {self.near_duplicates}")
+        if not self.near_duplicate_noise >= 0:
+            raise ValueError(f"near_duplicate_noise must be >= 0, got {self.near_duplicate_noise}")
 
 
 def _rng(*key: int | str) -> np.random.Generator:
@@ -80,6 +106,36 @@ def _split_of(cfg: SynthConfig, patient: int) -> str:
     u = _rng(cfg.seed, "split", patient).random()
     tr, va, _ = cfg.split
     return "train" if u < tr else ("val" if u < tr + va else "test")
+
+
+def _image_id(seed: int, i: int) -> str:
+    return f"synth-{seed}-{i:06d}"
+
+
+def _patient_id(seed: int, patient: int) -> str:
+    return f"P{seed}-{patient:05d}"
+
+
+@dataclass(frozen=True)
+class _Duplicate:
+    """Near-duplicate ``j``: the ids a re-rendered train image is written under (its job puts it
+    in the test split), and the index that seeds its noise."""
+
+    j: int
+    image_id: str
+    patient_id: str
+
+
+def _near_duplicate_sources(cfg: SynthConfig, splits: list[str]) -> list[int]:
+    """The regular images the duplicates copy: ``near_duplicates`` distinct train images, chosen
+    by a generator of their own so the regular images' randomness is untouched."""
+    k = cfg.near_duplicates
+    if k == 0:
+        return []
+    train = [i for i, s in enumerate(splits) if s == "train"]
+    if len(train) < k:
+        raise ValueError(f"near_duplicates={k} needs at least {k} train images; the cohort (n={cfg.n}) has {len(train)}")
+    return sorted(int(i) for i in _rng(cfg.seed, "near-duplicates").choice(train, size=k, replace=False))
 
 
 def _uid(seed: int, *parts: object) -> str:
@@ -156,8 +212,11 @@ def _mask_png(mask: np.ndarray, path: Path) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path, optimize=False)
 
 
-def _one(args: tuple[SynthConfig, int, int, str, Path]) -> dict:
-    cfg, i, patient, split, root = args
+def _one(args: tuple[SynthConfig, int, int, str, Path, _Duplicate | None]) -> dict:
+    """Render image ``i`` and write it, its masks, and return its manifest row; with ``dup``,
+    the same rendering (same draws, hence same size, labels, format and DICOM parameters) is
+    written under the duplicate's ids, its pixels perturbed by noise from a separate generator."""
+    cfg, i, patient, split, root, dup = args
     anatomy: PatientAnatomy = sample_patient(_rng(cfg.seed, "patient", patient))
     rng = _rng(cfg.seed, "image", i)
     h = int(rng.integers(cfg.min_side, cfg.max_side + 1))
@@ -165,18 +224,23 @@ def _one(args: tuple[SynthConfig, int, int, str, Path]) -> dict:
     w = int(np.clip(round(h * aspect), cfg.min_side, max(cfg.max_side, cfg.min_side)))
     has_ptx = bool(rng.random() < cfg.pneumothorax_prevalence)
     ph = render(anatomy, rng, h, w, pneumothorax=has_ptx)
-    image_id = f"synth-{cfg.seed}-{i:06d}"
-    patient_id = f"P{cfg.seed}-{patient:05d}"
+    image = ph.image
+    if dup is None:
+        image_id, patient_id = _image_id(cfg.seed, i), _patient_id(cfg.seed, patient)
+    else:
+        image_id, patient_id = dup.image_id, dup.patient_id
+        noise = _rng(cfg.seed, "near-duplicate-noise", dup.j).normal(0.0, cfg.near_duplicate_noise, image.shape)
+        image = np.clip(image + noise, 0.0, 1.0)
     use_png = rng.random() < cfg.png_fraction
     if use_png:
         rel = f"images/{image_id}.png"
-        Image.fromarray(np.round(ph.image * 255).astype(np.uint8)).save(root / rel, optimize=False)
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(root / rel, optimize=False)
         fmt = "png"
     else:
         rel = f"images/{image_id}.dcm"
         write_dicom(
             root / rel,
-            ph.image,
+            image,
             bits_stored=int(rng.choice([12, 16])),
             photometric="MONOCHROME1" if rng.random() < cfg.monochrome1_fraction else "MONOCHROME2",
             slope=float(rng.choice([1.0, 0.5, 2.0])),
@@ -208,14 +272,21 @@ def _one(args: tuple[SynthConfig, int, int, str, Path]) -> dict:
 
 
 def synthesize(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> Path:
-    """Write the cohort under ``out`` and return the manifest's path."""
+    """Write the cohort under ``out`` and return the manifest's path; with ``near_duplicates``,
+    also their ground truth (:data:`NEAR_DUPLICATES_FILE`), which is removed otherwise so that a
+    rewritten cohort never keeps a stale answer. Raises ValueError when the cohort has fewer
+    train images than ``near_duplicates``."""
     from tqdm import tqdm
 
     root = Path(out)
+    patients = _patients(cfg)
+    splits = [_split_of(cfg, p) for p in patients]
+    sources = _near_duplicate_sources(cfg, splits)  # before writing anything: it may raise
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    patients = _patients(cfg)
-    jobs = [(cfg, i, p, _split_of(cfg, p), root) for i, p in enumerate(patients)]
+    jobs = [(cfg, i, p, s, root, None) for i, (p, s) in enumerate(zip(patients, splits))]
+    dups = [_Duplicate(j, f"synth-{cfg.seed}-dup-{j:04d}", f"P{cfg.seed}-dup-{j:04d}") for j in range(len(sources))]
+    jobs += [(cfg, i, patients[i], "test", root, d) for i, d in zip(sources, dups)]
     workers = cfg.workers or min(len(jobs), os.cpu_count() or 1)
     bar = tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress)
     rows = []
@@ -232,4 +303,28 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progres
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     manifest = root / "manifest.parquet"
     pq.write_table(table, manifest)
+    truth = root / NEAR_DUPLICATES_FILE
+    if dups:
+        truth_rows = [
+            {
+                "image_id": d.image_id,
+                "duplicate_of": _image_id(cfg.seed, i),
+                "patient_id": d.patient_id,
+                "source_patient_id": _patient_id(cfg.seed, patients[i]),
+            }
+            for i, d in zip(sources, dups)
+        ]
+        pq.write_table(pa.Table.from_pylist(truth_rows, schema=NEAR_DUPLICATES_SCHEMA), truth)
+    else:
+        truth.unlink(missing_ok=True)
     return manifest
+
+
+def read_near_duplicates(manifest_path: str | os.PathLike) -> list[tuple[str, str]]:
+    """The planted (duplicate image_id, source image_id) pairs of the cohort whose manifest is
+    ``manifest_path``; [] when it has none (no :data:`NEAR_DUPLICATES_FILE` beside it)."""
+    truth = Path(manifest_path).parent / NEAR_DUPLICATES_FILE
+    if not truth.is_file():
+        return []
+    t = pq.read_table(truth, columns=["image_id", "duplicate_of"])
+    return list(zip(t.column("image_id").to_pylist(), t.column("duplicate_of").to_pylist()))

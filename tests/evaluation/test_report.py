@@ -143,6 +143,30 @@ def test_latest_version_no_overlays_and_holm(evaluated_store, tmp_path):
         write_report(store, tmp_path / "x", overlays=-1)
 
 
+def test_health_section_of_the_evaluated_store(evaluated_store, tmp_path):
+    """Health checked on a copy of the session's store (the shared one stays as the other tests
+    expect it): every evaluated encoder has its row, and the section's figures are written."""
+    from featurestore.health import HealthConfig, check_health
+
+    url, eval_id, _ = evaluated_store
+    shutil.copytree(url, tmp_path / "store")
+    store = Store.open(str(tmp_path / "store"))
+    runs = store.loc.read_json("metrics", eval_id, "eval.json")["runs"]
+    for fsid in sorted({r["feature_set_id"] for r in runs}):
+        check_health(store, fsid, HealthConfig(permutations=100))
+    index = write_report(store, tmp_path / "r", eval_id, overlays=0)
+    text = index.read_text(encoding="utf-8")
+    heads = re.findall(r"<h2>(.*?)</h2>", text)
+    assert heads[-1].endswith(". Embedding health") and "No health check yet" not in text
+    section = text[text.index("Embedding health</h2>") :]
+    for enc in {r["encoder"] for r in runs}:
+        assert f'data-encoder="{html.escape(enc)}" data-metric="rankme"' in section, enc
+    assert "CKA vs<br>pixels (negative control)" in section
+    for name in ("health-spectra", "health-patch-cosine", "health-norm-maps"):
+        _assert_real_png((tmp_path / "r" / "figures" / f"{name}.png").read_bytes(), name)
+        assert f'<figure id="fig-{name}">' in section
+
+
 def test_undefined_numbers_show_na_and_text_is_escaped():
     nan = float("nan")
     assert fmt(nan) == "n/a" and fmt(None) == "n/a" and fmt_ci(nan, nan, nan) == "n/a"

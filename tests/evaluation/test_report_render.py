@@ -234,6 +234,7 @@ def test_names_from_the_data_are_escaped_everywhere(tmp_path):
         "5. Segmentation: per-image Dice",
         "6. Segmentation overlays",
         "7. Comparisons between encoders",
+        "8. Embedding health",
     ]
     assert "the table of all metrics and section 7." in text
 

@@ -166,6 +166,7 @@ def study(store, tmp_path):
 def test_a_study_with_nothing_new_is_answered(study, store, tmp_path):
     from evaluation.artifacts import EvalConfig, evaluate
     from evaluation.report import write_report
+    from featurestore.health import check_health
     from featurestore.store import Store
 
     cfg, _ = study
@@ -181,6 +182,9 @@ def test_a_study_with_nothing_new_is_answered(study, store, tmp_path):
     )
     assert noop.study_noop(cfg) is None  # the report of another evaluation, which names this one
     write_report(Store.open(url), cfg.report_dir, ev.eval_id, overlays=0)
+    assert noop.study_noop(cfg) is None  # no embedding health yet: the study would check it
+    assert noop.study_noop(dataclasses.replace(cfg, health=None)) is not None  # unless it is off
+    check_health(Store.open(url), fsid, cfg.health_config())
     msg = noop.study_noop(cfg)
     assert msg is not None and ev.eval_id in msg and fsid in msg and str(Path(cfg.report_dir) / "index.html") in msg
     assert noop.study_noop(dataclasses.replace(cfg, evaluation={"resamples": 140})) is None  # another evaluation config

@@ -73,12 +73,17 @@ def test_study_runs_the_grid_and_a_rerun_reuses_everything(prefect_server, cohor
         ]
     }
     assert Path(out["report"]).is_file() and _artifacts("evaluation")
-    assert set(out["timings"]) == {"ingest", "extract", "train", "evaluate", "report"}
+    assert set(out["timings"]) == {"ingest", "extract", "health", "train", "evaluate", "report"}
+    # embedding health of every feature set, right after its extraction
+    assert sorted(h["feature_set_id"] for h in out["health"]) == sorted(out["feature_sets"].values())
+    assert all(h["created"] for h in out["health"])
 
     again = run_study(cfg)
     assert again["trained"] == 0 and again["reused"] == 14
     assert all(e["done"] == 0 and e["skipped"] == COHORT.n for e in again["extracted"].values())
     assert again["eval_id"] == out["eval_id"] and not again["new_eval"] and len(list_runs(store)) == 14
+    assert [h["health_id"] for h in again["health"]] == [h["health_id"] for h in out["health"]]
+    assert not any(h["created"] for h in again["health"])  # nothing changed: the stored versions
     from flows.noop import study_noop
 
     # What `radstore study` checks before Prefect starts: nothing new, this evaluation and report.
@@ -108,6 +113,8 @@ def test_config_files_and_their_errors(tmp_path):
         ("train: {lrr: 1}\n", "train: unknown.*lrr"),
         ("evaluation: {resamples: 5}\n", "resamples"),
         ("missing_weights: maybe\n", "missing_weights"),
+        ("health: {sample: -1}\n", "health: sample"),
+        ("health: {smaple: 3}\n", "health: unknown key.*smaple"),
         ("encoders: [{name: rad-dino, intensity: bright}]\n", "intensity must be one of"),
         ("encoders: [{name: rad-dino, bits: 12}]\n", "bits must be one of"),
         ("encoders: [rad-dino, {name: rad-dino, intensity: minmax}]\n", "rad-dino listed twice"),
