@@ -12,6 +12,9 @@ DEMO_SPLIT ?= 0.45,0.2,0.35
 # Test images that nearly repeat a training image under another patient id: what the embedding
 # health's leakage audit must find (listed in the report; ground truth in near_duplicates.parquet).
 DEMO_DUPLICATES ?= 3
+# One scanner vendor whose findings are fainter: what the evaluation's subgroup analysis must
+# find (ground truth in subgroup_effect.json beside the manifest).
+DEMO_SUBGROUP_EFFECT ?= manufacturer=VendorC
 PYTEST_ARGS ?=
 REBUILD_DIR ?= rebuild-check
 REBUILD_N ?= 100
@@ -85,12 +88,13 @@ rebuild-check: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --split $(DEMO_SPLIT) --seed 0 --preview --quiet \
-		--near-duplicates $(DEMO_DUPLICATES)
+		--near-duplicates $(DEMO_DUPLICATES) --subgroup-effect $(DEMO_SUBGROUP_EFFECT)
 	$(VENV)/bin/radstore study --config configs/demo.yaml --store $(DEMO_DIR)/store \
 		--manifest $(DEMO_DIR)/cohort/manifest.parquet --report $(DEMO_DIR)/report
 	@echo
 	@echo "contact sheet of the cohort: $(DEMO_DIR)/cohort/preview.png"
 	@echo "embedding health (collapse, CKA with the controls, the planted near-duplicates, drift): .venv/bin/radstore health --store $(DEMO_DIR)/store"
+	@echo "the planted subgroup (fainter findings on $(DEMO_SUBGROUP_EFFECT)): .venv/bin/radstore query --store $(DEMO_DIR)/store \"SELECT task, encoder, subgroup, round(value, 3) AS auroc, round(diff_vs_rest, 3) AS diff, round(p_holm, 4) AS p_holm FROM subgroups WHERE \\\"column\\\" = 'manufacturer' AND metric = 'auroc' ORDER BY task, encoder, subgroup\""
 	@echo "next: open $(DEMO_DIR)/report/index.html; query the results:"
 	@echo "  .venv/bin/radstore query --store $(DEMO_DIR)/store \"SELECT task, head, encoder, round(value, 3) AS value, round(ci_low, 3) AS low, round(ci_high, 3) AS high FROM latest WHERE \\\"primary\\\" ORDER BY task, head, value DESC\""
 	@echo "real weights: put model folders in \$$RADSTORE_WEIGHTS_DIR/{rad-dino,chexagent,biomedclip}; your own images: a manifest.parquet (README)"

@@ -94,7 +94,8 @@ def register_images(store: Store, ids: list[str], splits: list[str], patients: l
         "image_id": ids, "patient_id": patients, "split": splits, "uri": [f"mem://{i}" for i in ids],
         "format": ["png"] * n, "sha256": ["0" * 64] * n, "size_bytes": [1] * n, "height": [8] * n, "width": [8] * n,
         "bits_stored": [8] * n, "photometric": ["MONOCHROME2"] * n, "ingested_at": [now] * n, "manifest": [None] * n,
-        "bits_rule": [None] * n,
+        "bits_rule": [None] * n, "view_position": [None] * n, "manufacturer": [None] * n, "patient_sex": [None] * n,
+        "patient_age": [None] * n,
     }  # fmt: skip
     store.append_images(pa.table(cols).cast(layout.IMAGES_SCHEMA))
 

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from evaluation import metrics as M
-from evaluation.compute import RunData, compute
+from evaluation.compute import RunData, compute, whole_split
 from evaluation.config import EvalConfig
 from evaluation.controls import check_controls
 from featurestore import __version__
@@ -46,14 +47,15 @@ from featurestore.layout.records import (
     open_masks,
     read_evaluation_record,
     read_evaluation_tables,
+    read_hashed_predictions,
     read_run,
-    read_test_predictions,
     write_evaluation,
 )
 from featurestore.store import Store
+from featurestore.subsets import TrainSubset
 from featurestore.tasks import get_kind
 
-EVAL_VERSION = 2  # bump when a metric's definition changes: old and new numbers never share an id
+EVAL_VERSION = 3  # bump when a metric's definition changes: old and new numbers never share an id
 TABLES = EVAL_TABLES
 
 
@@ -74,7 +76,8 @@ class Evaluation:
 def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
     """Read a run's predictions; for a mask kind, threshold its masks and score each image."""
     meta = read_run(store, run_id)
-    pred, sha = read_test_predictions(store, run_id)  # one read: parsed and hashed
+    every, sha = read_hashed_predictions(store, run_id)  # one read: parsed and hashed
+    pred = every.filter(pc.equal(every.column("split"), "test"))
     ids = np.asarray(pred.column("image_id").to_pylist(), dtype=object)
     if len(ids) == 0:
         raise RadstoreError(f"run {run_id} has no test predictions; retrain it with a test split")
@@ -99,7 +102,21 @@ def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
                 bad = ids[~np.isfinite(a)]
                 col = kind.prediction if name == "prediction" else name
                 raise RadstoreError(f"run {run_id}: {col} is NaN/Inf for {', '.join(bad[:5])}; the run is unusable")
-    return RunData(meta, ids, arrays, sha, threshold)
+    return RunData(meta, ids, arrays, sha, threshold, _validation(every, kind, run_id))
+
+
+def _validation(every: pa.Table, kind: Any, run_id: str) -> dict[str, np.ndarray] | None:
+    """The validation split's ``y`` and ``prediction`` of a global run (None where the run kept none:
+    runs trained before radstore stored them, and mask kinds)."""
+    if kind.dense:
+        return None
+    v = every.filter(pc.equal(every.column("split"), "val"))
+    if v.num_rows == 0:
+        return None
+    out = {"y": v.column("label").to_numpy().astype(np.float64), "prediction": v.column(kind.prediction).to_numpy().astype(np.float64)}
+    if not all(np.isfinite(a).all() for a in out.values()):
+        raise RadstoreError(f"run {run_id}: validation predictions contain NaN/Inf; the run is unusable")
+    return out
 
 
 # -- selection ---------------------------------------------------------------------------------
@@ -107,7 +124,7 @@ def load_run(store: Store, run_id: str, cfg: EvalConfig) -> RunData:
 
 def select_runs(store: Store, run_ids: Iterable[str] | None = None) -> list[str]:
     """The runs to evaluate: those given, or (None) the latest run of every
-    (task, head, fold, feature set) in the store."""
+    (task, head, fold, feature set, training subset) in the store."""
     if run_ids is not None:
         ids = list(dict.fromkeys(run_ids))
         for rid in ids:
@@ -117,7 +134,7 @@ def select_runs(store: Store, run_ids: Iterable[str] | None = None) -> list[str]
         return ids
     latest: dict[tuple, Any] = {}
     for r in list_runs(store):
-        k = (r.task, r.head, r.fold, r.feature_set_id)
+        k = (r.task, r.head, r.fold, r.feature_set_id, TrainSubset.of(r.config))  # each label-efficiency point too
         if k not in latest or r.created_at > latest[k].created_at:
             latest[k] = r
     if not latest:
@@ -152,8 +169,8 @@ def evaluate(
     if evaluation_exists(store, eval_id):
         return Evaluation(eval_id, evaluation_path(store, eval_id), False, read_evaluation_record(store, eval_id))
     created = now_ms()
-    rows = compute(runs, cfg, eval_id, created)
-    controls = check_controls(store, runs, rows["metrics"], cfg)
+    rows = compute(runs, cfg, eval_id, created, store.images())
+    controls = check_controls(store, [r for r in runs if whole_split(r)], rows["metrics"], cfg)
     tables = {name: pa.Table.from_pylist(rows[name], schema=schema) for name, schema in TABLES.items()}
     fs_meta = {}
     known = set(store.feature_set_ids())
@@ -245,3 +262,36 @@ def results_table(metrics: pa.Table, primary_only: bool = True) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda r: (r["task"], r["head"], str(r["fold"]), r["encoder"]))
+
+
+def decisions_table(tables: dict[str, pa.Table]) -> list[dict]:
+    """One row per classification run: ECE raw and temperature-scaled, and the test sensitivity /
+    specificity at the Youden threshold chosen on validation (or why there is none)."""
+    cal: dict[tuple, dict[str, dict]] = {}
+    for r in tables["calibration"].to_pylist():
+        if r["metric"] == "ece":
+            cal.setdefault((r["task"], r["head"], r["fold"], r["encoder"]), {})[r["scaling"]] = r
+    ops: dict[tuple, dict[str, dict]] = {}
+    for r in tables["operating_points"].to_pylist():
+        if r["rule"] == "youden":
+            ops.setdefault((r["task"], r["head"], r["fold"], r["encoder"]), {})[r["metric"]] = r
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        if r["status"] != "ok":
+            return {"no-validation": "no validation predictions (retrain)", "insufficient": "too few validation cases"}.get(
+                r["status"], r["status"]
+            )
+        return format_value(r)
+
+    rows = []
+    for key in sorted(cal, key=lambda k: tuple(str(x) for x in k)):
+        task, head, fold, enc = key
+        o = ops.get(key, {})
+        t = o.get("sensitivity", {}).get("threshold")
+        rows.append({"task": task, "head": head, "encoder": display_name(enc), "fold": "" if fold is None else fold,
+                     "ECE": cell(cal[key].get("none")), "ECE temperature": cell(cal[key].get("temperature")),
+                     "Youden threshold": "-" if t is None or not np.isfinite(t) else f"{t:.3f}",
+                     "sensitivity": cell(o.get("sensitivity")), "specificity": cell(o.get("specificity"))})  # fmt: skip
+    return rows

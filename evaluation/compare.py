@@ -35,6 +35,10 @@ class Difference:
     resamples: int
     seed: int
 
+    def row(self) -> dict[str, float]:
+        """The columns every comparison table holds: value_a, value_b, diff, ci_low, ci_high, p."""
+        return {"value_a": self.a, "value_b": self.b, "diff": self.diff, "ci_low": self.low, "ci_high": self.high, "p": self.p}
+
 
 def paired_bootstrap(
     metric: Metric,

@@ -7,6 +7,8 @@ difference), plus DeLong's test where the kind's metrics include AUROC. Across f
 encoder's fold values give a median and a t-interval, and with three or more encoders
 Friedman's test with Nemenyi's post-hoc p-values. Bonferroni and Holm are applied per family
 of comparisons sharing a test and a metric, undefined p-values left out of the family.
+Classification runs also get their calibration and operating points (:mod:`evaluation.decisions`)
+from the same test resamples.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from evaluation import metrics as M
 from evaluation.bootstrap import bootstrap_ci, resample_indices
 from evaluation.compare import adjust, delong, delong_ci, friedman_nemenyi, paired_bootstrap
 from evaluation.config import EvalConfig
+from evaluation.decisions import decision_rows
 from featurestore.errors import RadstoreError
 from featurestore.layout import EVAL_TABLES
+from featurestore.subsets import TrainSubset
 from featurestore.tasks import get_kind
 
 
@@ -37,6 +41,7 @@ class RunData:
     arrays: dict[str, np.ndarray]  # global kinds: y, prediction; mask kinds: evaluation.metrics.PER_IMAGE
     sha256: str
     threshold: float | None = None  # mask kinds: the probability threshold the masks were cut at
+    val: dict[str, np.ndarray] | None = None  # global kinds: the validation split's y and prediction
 
     @property
     def key(self) -> tuple:
@@ -82,18 +87,35 @@ def _insufficient(m: M.Metric, counts: tuple[int | None, int | None], cfg: EvalC
     return m.class_based and (pos is None or min(pos, neg) < cfg.min_class_count)
 
 
+def _decides(spec: Any) -> bool:
+    """Whether a kind's scores are probabilities of a class (calibration and operating points apply)."""
+    return not spec.dense and any(M.get_metric(m).class_based for m in spec.metrics)
+
+
 def _labels(group: list[RunData]) -> list[str]:
     """Encoder names, or feature set ids where one encoder has several feature sets in a group."""
     names = [r.meta["encoder"] for r in group]
     return [r.meta["feature_set_id"] if names.count(n) > 1 else n for r, n in zip(group, names)]
 
 
-def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: datetime) -> dict[str, list[dict]]:
-    """Every table of an evaluation, as rows (no I/O: the same inputs give the same rows)."""
+def whole_split(r: RunData) -> bool:
+    """Whether a run trained on its whole training split (the main table's runs); runs on
+    subsets of it are label-efficiency points (:mod:`evaluation.label_efficiency`)."""
+    return TrainSubset.of(r.meta.get("config") or {}) is None
+
+
+def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: datetime, attributes: Any = None) -> dict[str, list[dict]]:
+    """Every table of an evaluation, as rows (no I/O: the same inputs give the same rows).
+    ``attributes``: the image index (or image_id -> {column: value}) the subgroups are read
+    from; None: no subgroup rows."""
+    from evaluation.label_efficiency import label_efficiency_rows  # these build on this module's helpers
+    from evaluation.subgroups import subgroup_rows
+
     out: dict[str, list[dict]] = {name: [] for name in EVAL_TABLES}
     groups: dict[tuple, list[RunData]] = {}
     for r in runs:
-        groups.setdefault(r.key, []).append(r)
+        if whole_split(r):
+            groups.setdefault(r.key, []).append(r)
     for (task, head, fold), group in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         group.sort(key=lambda r: (r.meta["encoder"], r.meta["feature_set_id"]))
         kind = group[0].meta["task_kind"]
@@ -143,6 +165,12 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
                         "threshold": r.threshold,
                     }
                 )
+            if _decides(spec):
+                y, score = _take(r, pos, M.GLOBAL_INPUTS)
+                run_cols = {**base, "eval_id": eval_id, "created_at": created_at, "encoder": label,
+                            "feature_set_id": r.meta["feature_set_id"], "run_id": r.meta["run_id"]}  # fmt: skip
+                for name, rows in decision_rows(y, score, r.val, run_cols, cfg, idx).items():
+                    out[name] += rows
             if spec.dense:
                 a = r.arrays
                 for i, image_id in enumerate(r.image_ids):
@@ -192,12 +220,7 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
                         **pair,
                         "metric": metric,
                         "test": "paired-bootstrap",
-                        "value_a": d.a,
-                        "value_b": d.b,
-                        "diff": d.diff,
-                        "ci_low": d.low,
-                        "ci_high": d.high,
-                        "p": d.p,
+                        **d.row(),
                     }
                 )
             if "auroc" in spec.metrics and not spec.dense and not _insufficient(M.get_metric("auroc"), counts, cfg):
@@ -220,6 +243,10 @@ def compute(runs: list[RunData], cfg: EvalConfig, eval_id: str, created_at: date
                     )
     _fold_summaries(out, eval_id)
     _correct(out["comparisons"])
+    out.update(label_efficiency_rows(runs, cfg, eval_id, created_at))
+    if attributes is not None and cfg.subgroups:
+        main = [r for r in runs if whole_split(r)]
+        out["subgroups"] = subgroup_rows(main, attributes, cfg.subgroups, cfg, eval_id, created_at, min_images=cfg.min_subgroup_images)
     return out
 
 

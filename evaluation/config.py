@@ -34,6 +34,17 @@ class EvalConfig:
     # Headline metric per task kind where it should not be the kind's first metric, e.g.
     # {"segmentation": "dice"} for the mean Dice over all images instead of non-empty ones.
     primary: dict[str, str] = field(default_factory=dict)
+    # Classification: the sensitivity the ``sensitivity@`` operating point must reach on the
+    # validation split, the equal-width bins of the ECE and the reliability diagram, and the
+    # recalibrations fitted on validation (evaluation.calibration.SCALINGS; "none" is always there).
+    target_sensitivity: float = 0.9
+    calibration_bins: int = 10
+    scalings: tuple[str, ...] = ("platt", "temperature")
+    # Every metric per subgroup of the test images (evaluation.subgroups.SUBGROUP_COLUMNS: the
+    # image index's DICOM attributes, age bands, file format...), each subgroup tested against the
+    # rest; a subgroup of fewer images than ``min_subgroup_images`` is reported as too small.
+    subgroups: tuple[str, ...] = ("manufacturer", "view_position", "patient_sex", "age_band")
+    min_subgroup_images: int = 30
 
     def __post_init__(self) -> None:
         if self.method not in CI_METHODS:
@@ -49,5 +60,23 @@ class EvalConfig:
         for kind, metric in self.primary.items():
             if metric not in get_kind(kind).metrics:
                 raise RadstoreError(f"primary: {metric!r} is not a metric of task kind {kind} ({', '.join(get_kind(kind).metrics)})")
+        from evaluation.calibration import SCALINGS
+
+        object.__setattr__(self, "scalings", tuple(self.scalings))
+        bad = [m for m in self.scalings if m not in SCALINGS or m == "none"]
+        if bad:
+            raise RadstoreError(f"scalings: {', '.join(map(str, bad))} unknown; choose from {', '.join(SCALINGS[1:])}")
+        from evaluation.subgroups import SUBGROUP_COLUMNS
+
+        object.__setattr__(self, "subgroups", tuple(self.subgroups or ()))
+        unknown = [c for c in self.subgroups if c not in SUBGROUP_COLUMNS]
+        if unknown:
+            raise RadstoreError(f"subgroups: {', '.join(map(str, unknown))} unknown; choose from {', '.join(SUBGROUP_COLUMNS)}")
+        if self.min_subgroup_images < 2:
+            raise RadstoreError(f"min_subgroup_images must be >= 2, got {self.min_subgroup_images}")
+        if not 0.0 < self.target_sensitivity < 1.0:
+            raise RadstoreError(f"target_sensitivity must be in (0, 1), got {self.target_sensitivity!r}")
+        if self.calibration_bins < 2:
+            raise RadstoreError(f"calibration_bins must be >= 2, got {self.calibration_bins}")
         if self.resamples < 100:
             raise RadstoreError(f"resamples={self.resamples}: use at least 100 for a 95% interval")

@@ -8,7 +8,8 @@ features      one row per feature set: encoder, weights, grid, dims, committed i
 cls           long form: feature_set_id, image_id, row, shard, cls (FLOAT[]), sha256, extracted_at
               (``features/<id>/cls/*.parquet``, first commit of an image wins)
 runs          one row per training run (``runs/<run_id>/run.json``)
-predictions   test-set predictions of every run, with the run's task, head, encoder, fold
+predictions   test-set (and, for classification and regression runs, validation-set: column
+              ``split``) predictions of every run, with the run's task, head, encoder, fold
               (``runs/<run_id>/predictions.parquet``)
 lineage       every image each run used: run_id, image_id, split, label or mask_sha256, with the
               run's task, head, encoder, feature set, fold, data_hash (``runs/<run_id>/lineage.parquet``)
@@ -17,6 +18,10 @@ metrics       every metric row of every version (``metrics/<eval_id>/metrics.par
 latest        metrics, the newest version of each (task, head, encoder, feature set, fold, metric)
 comparisons   paired comparisons with raw and corrected p (``metrics/<eval_id>/comparisons.parquet``)
 per_image     per-image Dice/IoU of segmentation runs; ``folds``: summaries across folds
+calibration   classification runs: Brier and ECE, raw and recalibrated on validation (Platt,
+              temperature), with CIs; ``reliability``: the reliability diagrams' bins
+operating_points  thresholds chosen on validation (Youden, sensitivity@0.90) and the test
+              sensitivity, specificity, PPV, NPV at them with CIs
 health        embedding health, the newest version of each feature set, long form: scope,
               metric, value, limit, flagged (``features/<id>/health/<health_id>/summary.parquet``)
 health_*      that version's other tables: ``health_spectrum``, ``health_dimensions``,
@@ -103,9 +108,7 @@ VIEWS = (
     "evaluations",
     "metrics",
     "latest",
-    "comparisons",
-    "per_image",
-    "folds",
+    *(name for name in layout.EVAL_TABLES if name != "metrics"),
     *(("health" if name == "summary" else f"health_{name}") for name in layout.HEALTH_TABLES),
     "health_versions",
 )
@@ -355,7 +358,7 @@ WHERE m.task = 'cardiomegaly-cls' AND m.metric = 'auroc' AND m.fold IS NULL
 ORDER BY m.encoder, m.created_at""",
     "images where two encoders disagree most": """
 WITH p AS (SELECT image_id, encoder, score, label FROM predictions
-           WHERE task = 'cardiomegaly-cls' AND fold IS NULL
+           WHERE task = 'cardiomegaly-cls' AND fold IS NULL AND split = 'test'
            QUALIFY row_number() OVER (PARTITION BY image_id, encoder ORDER BY run_id DESC) = 1)
 SELECT a.image_id, a.label, round(a.score, 3) AS pixels, round(b.score, 3) AS rad_dino, round(abs(a.score - b.score), 3) AS gap
 FROM p a JOIN p b USING (image_id)

@@ -184,6 +184,12 @@ class Decoded:
         """(height, width) of the image."""
         return self._src.shape  # type: ignore[return-value]
 
+    @property
+    def dataset(self) -> Any:
+        """The parsed pydicom dataset (DICOM only; None otherwise): its header holds what ingest
+        records beyond the pixels (:mod:`featurestore.attributes`) without parsing the file again."""
+        return self._src.ds
+
     def image(self, intensity: str = "window", depth_rule: str = "significant", levels: int | None = None) -> LoadedImage:
         """float32 [H, W] in [0, 1], bit-identical to ``read_image`` with the same options."""
         bits, rule, _ = self._depth(depth_rule)

@@ -1,7 +1,10 @@
 """Ingest a manifest into the store's image index.
 
 Idempotent: an image already indexed with the same bytes (sha256) is skipped; one whose bytes
-changed under the same image_id is reported and *not* replaced. Bad rows (missing, unreadable
+changed under the same image_id is reported and *not* replaced. Each image's acquisition and
+patient attributes (view, manufacturer, sex, age) are recorded from its DICOM header or the
+manifest's columns of those names (:mod:`featurestore.attributes`); an image indexed before they
+were recorded keeps nulls (re-ingesting skips it). Bad rows (missing, unreadable
 or corrupt file, unknown format, null or empty path, empty, unprintable or duplicate image_id;
 :func:`featurestore.manifest.check_rows`) are reported one line each and recorded in the
 store's ``ingest_errors`` table; every other image is still ingested.
@@ -15,8 +18,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from featurestore import layout
-from featurestore.imageio import read_bytes, read_image, sha256_of
+from featurestore import attributes, layout
+from featurestore.imageio import decode, read_bytes, sha256_of
 from featurestore.manifest import Manifest, changed_bytes_reason, check_rows, error_line, load_manifest, read_failure_reason
 from featurestore.store import Store
 
@@ -51,10 +54,12 @@ def _check_one(row: dict, manifest: Manifest, known: dict[str, str]) -> tuple[st
             if sha == known[image_id]:
                 return "unchanged", image_id
             return "failed", changed_bytes_reason(known[image_id], sha, "the indexed version was kept")
-        img = read_image(uri, data=data, format=row.get("format"))
+        decoded = decode(uri, data, row.get("format"))
+        img = decoded.image()  # what read_image gives: an image that cannot be mapped fails here
     except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the rest
         return "failed", read_failure_reason(e)
     m = img.meta
+    found = attributes.merge(attributes.from_dataset(decoded.dataset), row)
     return "added", {
         "image_id": image_id,
         "patient_id": row.get("patient_id"),
@@ -68,6 +73,7 @@ def _check_one(row: dict, manifest: Manifest, known: dict[str, str]) -> tuple[st
         "bits_stored": m.bits_stored,
         "bits_rule": m.bits_rule,
         "photometric": m.photometric,
+        **found,
     }
 
 

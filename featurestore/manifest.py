@@ -36,6 +36,12 @@ MANIFEST_SCHEMA = pa.schema(
         ("heart_mask", pa.string()),
         ("lung_mask", pa.string()),
         ("pneumothorax_mask", pa.string()),
+        # Optional: acquisition and patient attributes for subgroup analysis, where the image has
+        # no DICOM header (PNG/JPEG) or its header lacks or misstates them (featurestore.attributes).
+        ("view_position", pa.string()),
+        ("manufacturer", pa.string()),
+        ("patient_sex", pa.string()),
+        ("patient_age", pa.float64()),  # years (a DICOM Age String such as "065Y" is read too)
     ]
 )
 REQUIRED_FOR_INGEST = ("image_id", "path")

@@ -92,6 +92,13 @@ class TaskKind:
         """True when the prediction is a mask (stored as an array, evaluated per image)."""
         return self.prediction == MASK
 
+    @property
+    def classes(self) -> tuple[float, ...]:
+        """The label values of a kind whose labels are classes (binary labels: 0.0 and 1.0, the
+        positive last), empty when they are numbers or masks: what a training subset of k images
+        per class (:mod:`featurestore.subsets`) counts."""
+        return (0.0, 1.0) if self.labels == "binary" else ()
+
 
 @dataclass(frozen=True)
 class TaskDef:

@@ -31,14 +31,16 @@ def _human(n: float) -> str:
 def cmd_synth(args: argparse.Namespace) -> int:
     """``radstore synth``: write a synthetic cohort (and optionally its preview), print the manifest's
     path; exits 0, or 2 with one line when the options describe no cohort (a negative
-    ``--near-duplicates``, or more of them than the cohort has train images), before anything is written."""
+    ``--near-duplicates``, more of them than the cohort has train images, a ``--subgroup-effect``
+    naming no subgroup), before anything is written."""
     from featurestore.preview import contact_sheet
-    from featurestore.synth.cohort import NEAR_DUPLICATES_FILE, SynthConfig, synthesize
+    from featurestore.synth.cohort import NEAR_DUPLICATES_FILE, SUBGROUP_EFFECT_FILE, SynthConfig, synthesize
 
     try:
         cfg = SynthConfig(n=args.n, seed=args.seed, min_side=args.min_side, max_side=args.max_side, workers=args.workers,
                           split=args.split, compression=args.compression, near_duplicates=args.near_duplicates,
-                          near_duplicate_noise=args.near_duplicate_noise)  # fmt: skip
+                          near_duplicate_noise=args.near_duplicate_noise, subgroup_effect=args.subgroup_effect,
+                          subgroup_effect_strength=args.subgroup_effect_strength)  # fmt: skip
         manifest = synthesize(args.out, cfg, progress=not args.quiet)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -46,6 +48,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print(f"wrote {cfg.n + cfg.near_duplicates} images and {manifest}")
     if cfg.near_duplicates:
         print(f"near-duplicates: {manifest.parent / NEAR_DUPLICATES_FILE}")
+    if cfg.subgroup_effect:
+        print(f"subgroup effect: {manifest.parent / SUBGROUP_EFFECT_FILE}")
     if args.preview:
         png = contact_sheet(str(manifest), args.preview if isinstance(args.preview, str) else f"{args.out}/preview.png")
         print(f"preview: {png}")
@@ -293,7 +297,7 @@ def _eval_config(args: argparse.Namespace) -> dict:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``radstore evaluate``: evaluate the runs, print the results table, the positive control's checks
     and the evaluation id; exits 1 if a positive-control metric missed its expected value."""
-    from evaluation.artifacts import EvalConfig, read_evaluation, results_table, select_runs
+    from evaluation.artifacts import EvalConfig, decisions_table, read_evaluation, results_table, select_runs
     from featurestore.store import Store
 
     EvalConfig(**_eval_config(args))  # fail in one line, before Prefect starts
@@ -304,6 +308,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = evaluate_flow(args.store, runs, _eval_config(args))
     _, tables = read_evaluation(store, out["eval_id"])
     print_rows(results_table(tables["metrics"], primary_only=not args.all_metrics))
+    decisions = decisions_table(tables)
+    if decisions:
+        print("\ncalibration (ECE, raw and temperature-scaled on validation) and the Youden operating point chosen on validation:")
+        print_rows(decisions)
     print("new version" if out["created"] else "these inputs were evaluated before: existing version, unchanged", file=sys.stderr)
     bad = _print_controls(out["controls"])
     print(out["eval_id"])
@@ -401,7 +409,7 @@ def _study_config(args: argparse.Namespace):
 def cmd_study(args: argparse.Namespace) -> int:
     """``radstore study``: run the whole study, print its results and what each stage did; exits 1 if
     any image failed to extract or a positive-control metric missed its expected value."""
-    from evaluation.artifacts import read_evaluation, results_table
+    from evaluation.artifacts import decisions_table, read_evaluation, results_table
     from featurestore.encoders import get_encoder
     from featurestore.store import Store
 
@@ -418,6 +426,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     _, tables = read_evaluation(Store.open(cfg.store, storage_options=cfg.storage_options or None), out["eval_id"])
     print()
     print_rows([{k: v for k, v in r.items() if k != "fold" or v != ""} for r in results_table(tables["metrics"])])
+    decisions = decisions_table(tables)
+    if decisions:
+        print("\ncalibration (ECE, raw and temperature-scaled on validation) and the Youden operating point chosen on validation:")
+        print_rows([{k: v for k, v in r.items() if k != "fold" or v != ""} for r in decisions])
     print()
     for enc, e in out["extracted"].items():
         weights = e["weights"] or ("found locally" if get_encoder(enc).needs_weights else "none needed")
@@ -488,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ground truth: OUT/near_duplicates.parquet; default: %(default)s)")  # fmt: skip
     s.add_argument("--near-duplicate-noise", type=float, default=SynthConfig.near_duplicate_noise, metavar="STD",
                    help="std of the Gaussian noise on a near-duplicate's [0, 1] image (default: %(default)s)")  # fmt: skip
+    s.add_argument("--subgroup-effect", default=None, metavar="ATTRIBUTE=VALUE",
+                   help="plant fainter findings in one subgroup, e.g. manufacturer=VendorC, view_position=AP, patient_sex=F "
+                        "(ground truth: OUT/subgroup_effect.json)")  # fmt: skip
+    s.add_argument("--subgroup-effect-strength", type=float, default=SynthConfig.subgroup_effect_strength, metavar="S",
+                   help="that subgroup's findings are drawn at contrast 1 - S (default: %(default)s)")  # fmt: skip
     s.add_argument("--preview", nargs="?", const=True, default=False, help="also write a contact sheet PNG (default OUT/preview.png)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
@@ -558,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(s, TrainConfig, "target_size", "segmentation target resolution")
     config_option(s, TrainConfig, "device", "where heads train", choices=DEVICES)
     config_option(s, TrainConfig, "solver", "global probes: the study's AdamW, or the CLIP-style L-BFGS probe", choices=SOLVERS)
+    config_option(s, TrainConfig, "train_fraction", "train on this fraction of the training split (nested, patient-level)", type=float)
+    config_option(s, TrainConfig, "shots", "classification: train on this many training images of each class (nested, patient-level)",
+                  type=int)  # fmt: skip
+    config_option(s, TrainConfig, "subset_seed", "which patients a --train-fraction / --shots subset draws")
     s.add_argument("--small-refiner", action="store_true", help="cross-attention refiner 32/16 channels at 32x32 (CPU demos)")
     s.set_defaults(func=cmd_train)
 
@@ -582,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_option(s, EvalConfig, "threshold", "segmentation probability threshold (default: each run's, chosen on validation)", type=float)
     config_option(s, EvalConfig, "min_class_count", "fewest positives and negatives for AUROC/AP to be reported")
+    config_option(
+        s, EvalConfig, "target_sensitivity", "classification: the validation sensitivity the sensitivity@ operating point must reach"
+    )
     s.add_argument("--all-metrics", action="store_true", help="print every metric, not only each task's headline")
     s.set_defaults(func=cmd_evaluate)
 

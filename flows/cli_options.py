@@ -95,6 +95,9 @@ TRAIN_OPTIONS = (
     "device",
     "folds",
     "solver",
+    "train_fraction",
+    "shots",
+    "subset_seed",
 )
 EXTRACT_OPTIONS = ("weights", "size", "bits", "intensity", "batch_size", "device", "num_workers", "shard_images", "dtype", "profile")
 #: The HealthConfig fields `radstore health` exposes, with their help (defaults come from the config).
@@ -106,4 +109,4 @@ HEALTH_OPTIONS = {
     "permutations": "permutations of the drift test's p-value",
 }
 
-EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold", "min_class_count")
+EVAL_OPTIONS = ("resamples", "seed", "method", "empty_both", "threshold", "min_class_count", "target_sensitivity")

@@ -17,6 +17,7 @@ from featurestore.errors import RadstoreError
 
 if TYPE_CHECKING:
     from featurestore.config import ExtractConfig
+    from featurestore.subsets import LabelEfficiency
     from heads.config import TrainConfig
 
 FALLBACKS = ("random:tiny", "random", "error")
@@ -68,6 +69,10 @@ class StudyConfig:
     evaluation: dict[str, Any] = field(default_factory=dict)  # any evaluation.artifacts.EvalConfig field
     # Embedding health after each extraction: any featurestore.health.HealthConfig field; None: skipped.
     health: dict[str, Any] | None = field(default_factory=dict)
+    # Label-efficiency curves: heads also trained on nested, patient-level subsets of the training
+    # split (featurestore.subsets.LabelEfficiency: fractions, shots, seeds, tasks, heads; a
+    # mapping of those, true for the defaults); None: off.
+    label_efficiency: LabelEfficiency | None = None
     report: str | None = None  # report directory; None: <store>/../report for a local store, no report for a remote one
     runner: str = "local"  # local | dask (a LocalCluster) | dask:tcp://scheduler:8786 (an existing cluster)
     device: str = "auto"
@@ -79,6 +84,7 @@ class StudyConfig:
         from evaluation.artifacts import EvalConfig
         from featurestore.encoders import get_encoder
         from featurestore.encoders.registry import ENCODERS
+        from featurestore.subsets import WHOLE_SPLIT
         from featurestore.tasks import all_heads, get_task
         from heads.train import TrainConfig
 
@@ -105,9 +111,12 @@ class StudyConfig:
         for h in self.heads:
             if h not in all_heads():
                 raise RadstoreError(f"unknown head {h!r}; choose from {', '.join(all_heads())}")
-        bad = set(self.train) - {f.name for f in fields(TrainConfig)} | ({"task", "head", "fold"} & set(self.train))
+        bad = set(self.train) - {f.name for f in fields(TrainConfig)} | ({"task", "head", "fold", *WHOLE_SPLIT} & set(self.train))
         if bad:
-            raise RadstoreError(f"train: unknown or per-run key(s) {', '.join(sorted(bad))}")
+            raise RadstoreError(
+                f"train: unknown or per-run key(s) {', '.join(sorted(bad))} (training subsets are planned by label_efficiency)"
+            )
+        self._check_label_efficiency()
         EvalConfig(**self.evaluation)  # validates
         if self.health is not None:
             try:
@@ -125,13 +134,31 @@ class StudyConfig:
         return ExtractConfig(encoder=enc.name, weights=weights, size=enc.size, bits=enc.bits, intensity=enc.intensity,
                              batch_size=enc.batch_size, device=self.device, num_workers=self.num_workers)  # fmt: skip
 
-    def train_grid(self) -> list[TrainConfig]:
-        """The training runs the study wants on each feature set (task x head x fold)."""
-        from heads.config import grid_configs
+    def _check_label_efficiency(self) -> None:
+        """Build the plan from the file's value; it may narrow the study's tasks and heads, not add to them."""
+        from featurestore.subsets import LabelEfficiency
 
-        return grid_configs(
+        plan = LabelEfficiency.from_dict(self.label_efficiency)
+        object.__setattr__(self, "label_efficiency", plan)
+        if plan is None:
+            return
+        for what, names, study in (("tasks", plan.tasks, self.tasks), ("heads", plan.heads, self.heads)):
+            extra = sorted(set(names or ()) - set(study))
+            if extra:
+                raise RadstoreError(f"label_efficiency: {what} {', '.join(extra)} not among the study's {what} ({', '.join(study)})")
+
+    def train_grid(self) -> list[TrainConfig]:
+        """The training runs the study wants on each feature set: task x head x fold on the whole
+        training split, then the label-efficiency subsets of those (when ``label_efficiency`` is
+        set). The study flow and its no-op check both train exactly this grid."""
+        from heads.config import grid_configs, label_efficiency_grid
+
+        grid = grid_configs(
             list(self.tasks), list(self.heads), list(self.folds) if self.folds else None, {**self.train, "device": self.device}
         )
+        if self.label_efficiency is not None:
+            grid += label_efficiency_grid(grid, self.label_efficiency)
+        return grid
 
     def health_config(self):  # noqa: ANN201 (HealthConfig; imported lazily)
         """The study's :class:`featurestore.health.HealthConfig` (None when ``health`` is off)."""
@@ -156,6 +183,7 @@ class StudyConfig:
         d["encoders"] = [asdict(e) for e in self.encoders]
         d["tasks"], d["heads"] = list(self.tasks), list(self.heads)
         d["folds"] = None if self.folds is None else list(self.folds)
+        d["label_efficiency"] = None if self.label_efficiency is None else self.label_efficiency.to_json()
         return d
 
     @classmethod

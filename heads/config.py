@@ -6,11 +6,12 @@ Kept free of heavy imports so ``radstore --help`` need not load torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from featurestore.config import DEVICES
 from featurestore.errors import RadstoreError
+from featurestore.subsets import WHOLE_SPLIT, LabelEfficiency, TrainSubset, subset_config
 from featurestore.tasks import get_task
 
 SEG_LOSSES = ("bce", "dice+bce")
@@ -56,6 +57,14 @@ class TrainConfig:
     # Segmentation tasks ignore it and train with AdamW.
     solver: str = "adamw"
     progress: bool = True
+    # Train on part of the training split (featurestore.subsets): a fraction of its images, or
+    # ``shots`` images of each class (class-labelled kinds only), drawn by patient with
+    # ``subset_seed``. None and a fraction of 1 are the whole split (then subset_seed is 0: there
+    # is nothing to draw). Recorded only when set (to_json), so runs recorded before these
+    # fields existed are whole-split runs and are still reused.
+    train_fraction: float | None = None
+    shots: int | None = None
+    subset_seed: int = 0
 
     def __post_init__(self) -> None:
         kind = get_task(self.task).spec
@@ -74,12 +83,29 @@ class TrainConfig:
         if self.min_delta < 0 or self.min_epochs < 0:
             raise RadstoreError("min_delta and min_epochs must be >= 0")
         object.__setattr__(self, "refiner_channels", tuple(self.refiner_channels))
+        subset = self.subset  # validates the subset fields
+        if subset is not None and subset.shots is not None and not kind.classes:
+            raise RadstoreError(
+                f"shots (training images of each class) apply to tasks whose labels are classes; {self.task} ({kind.name}) "
+                f"has {kind.labels} labels: use train_fraction"
+            )
+        for k, v in subset_config(subset).items():  # one spelling of each subset (and of none)
+            object.__setattr__(self, k, v)
+
+    @property
+    def subset(self) -> TrainSubset | None:
+        """The part of the training split this run trains on; None for the whole split."""
+        return TrainSubset.of({k: getattr(self, k) for k in WHOLE_SPLIT})
 
     def to_json(self) -> dict[str, Any]:
         """The fields as plain json (lists, not tuples): what a run records as its config, and what
-        ``find_run`` compares to reuse a run."""
+        ``find_run`` compares to reuse a run. The subset keys appear only when set, so a
+        whole-split config is recorded exactly as before they existed."""
         d = asdict(self)
         d["refiner_channels"] = list(self.refiner_channels)
+        for k, whole in WHOLE_SPLIT.items():
+            if d[k] == whole:
+                del d[k]
         return d
 
 
@@ -97,4 +123,15 @@ def grid_configs(tasks: list[str] | None, heads: list[str] | None, folds: list[i
                 continue
             for f in folds or [None]:
                 out.append(TrainConfig(task=t, head=h, **{**(base or {}), "fold": f}))
+    return out
+
+
+def label_efficiency_grid(configs: list[TrainConfig], plan: LabelEfficiency) -> list[TrainConfig]:
+    """The subset runs of ``plan`` for every config of ``configs`` (a whole-split grid) it covers:
+    the config with each subset of :meth:`LabelEfficiency.subsets` for its task's kind. The
+    whole-split configs themselves are not repeated: they are the curves' last point."""
+    out = []
+    for c in configs:
+        if c.subset is None and plan.covers(c.task, c.head):
+            out += [replace(c, **s.config()) for s in plan.subsets(get_task(c.task).spec)]
     return out

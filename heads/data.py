@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from featurestore.featureset import FeatureSet
 from featurestore.imageio import read_image, sniff_format
 from featurestore.manifest import load_manifest
 from featurestore.store import Store
+from featurestore.subsets import TrainSubset
 from featurestore.tasks import TaskDef
 
 SPLITS = ("train", "val", "test")
@@ -53,6 +55,7 @@ class Labels:
     splits: list[str]
     values: np.ndarray  # float labels, or (segmentation) nothing useful
     mask_uris: list[str] | None
+    classes: tuple[float, ...] = ()  # the label values when labels are classes (TaskKind.classes)
 
     def subset(self, idx: np.ndarray) -> Labels:
         """The rows at positions ``idx``, in that order (a split or a fold)."""
@@ -62,6 +65,7 @@ class Labels:
             [self.splits[i] for i in idx],
             self.values[idx],
             None if self.mask_uris is None else [self.mask_uris[i] for i in idx],
+            self.classes,
         )
 
 
@@ -123,7 +127,7 @@ def load_labels(task: TaskDef, fs: FeatureSet, manifest: str | list[str] | None,
         raise _label_error(task, sorted(bad, key=lambda b: seen[b[1]]))  # in manifest order
     if not ids:
         raise RadstoreError(f"no image of feature set {fs.id} has a {task.column!r} label in {', '.join(urls)}")
-    return Labels(ids, patients, splits, np.asarray(values, np.float32), masks if dense else None)
+    return Labels(ids, patients, splits, np.asarray(values, np.float32), masks if dense else None, task.spec.classes)
 
 
 SHOWN_BAD_ROWS = 10  # image ids a LabelError lists before "and N more"
@@ -194,8 +198,13 @@ def header_size(uri: str) -> tuple[int, int]:
         raise ValueError(f"not a readable image ({type(e).__name__})") from None
 
 
-def split_indices(labels: Labels, fold: int | None, folds: int, seed: int) -> dict[str, np.ndarray]:
-    """The manifest's split, or fold ``fold`` of ``folds`` by patient (test = fold, val = next)."""
+def split_indices(labels: Labels, fold: int | None, folds: int, seed: int, subset: TrainSubset | None = None) -> dict[str, np.ndarray]:
+    """The manifest's split, or fold ``fold`` of ``folds`` by patient (test = fold, val = next).
+
+    With a ``subset`` (a run's :attr:`heads.config.TrainConfig.subset`) ``train`` is that part of
+    the training split (:func:`subset_training`) and ``train_pool`` the whole split it was drawn
+    from; validation and test are untouched. The one place training, the run's lineage and the
+    reuse check take a run's images from."""
     if fold is None:
         out = {s: np.flatnonzero(np.array(labels.splits) == s) for s in SPLITS}
     else:
@@ -211,6 +220,77 @@ def split_indices(labels: Labels, fold: int | None, folds: int, seed: int) -> di
     for s in SPLITS:
         if len(out[s]) == 0:
             raise RadstoreError(f"the {s} split is empty ({len(labels.image_ids)} labelled images); check the manifest's split column")
+    if subset is not None:
+        out["train_pool"] = out["train"]
+        out["train"] = subset_training(labels, out["train"], subset.fraction, subset.shots, subset.seed)
+    return out
+
+
+def patient_order(patients: list[str], seed: int) -> list[str]:
+    """The distinct ``patients`` in the order a subset seed draws them: by the sha256 of (seed,
+    patient id). A patient's place depends on nothing else, so the order is the same on every
+    machine and a patient added to the split only slots in between the others."""
+    return sorted(set(patients), key=lambda p: (hashlib.sha256(f"{seed}\t{p}".encode()).digest(), p))
+
+
+def subset_training(labels: Labels, train_idx: np.ndarray, fraction: float | None = None, shots: int | None = None,
+                    seed: int = 0) -> np.ndarray:  # fmt: skip
+    """The positions (ascending) of a patient-level subset of the training split ``train_idx``.
+
+    Patients are taken in :func:`patient_order` for ``seed``, every image of a patient at once,
+    until the subset is big enough:
+
+    - ``fraction``: until it holds at least ``ceil(fraction * len(train_idx))`` images (one at
+      least) and, where labels are classes, an image of every class the split holds (a
+      classifier cannot be fitted to one class). The last patient can overshoot the target by
+      their other images: the run records the images it really used;
+    - ``shots``: until it holds at least ``shots`` images of each class (labels must be
+      classes): exactly k per class is not possible patient by patient, and the run records the
+      images it used. A split with fewer than ``shots`` images of a class is an error, not a
+      silently smaller subset.
+
+    Every subset of one seed is a prefix of the same patient order, so subsets of one seed are
+    nested (1% within 2% ... within 100%, 8 shots within 16 within 32, and a k-shot subset within
+    any larger fraction subset); the order depends on the seed and the patient ids only, so every
+    encoder trained with one seed sees the same patients, and another seed draws others.
+    """
+    train_idx = np.asarray(train_idx)
+    if (fraction is None) == (shots is None):
+        raise RadstoreError("a training subset needs a fraction or a number of shots (one of the two)")
+    values = labels.values[train_idx]
+    if shots is not None:
+        if not labels.classes:
+            raise RadstoreError("a k-shot subset needs labels that are classes; size it by a fraction instead")
+        have = {c: int(np.count_nonzero(values == c)) for c in labels.classes}
+        if min(have.values()) < shots:
+            counts = ", ".join(f"{n} of class {c:g}" for c, n in have.items())
+            raise RadstoreError(f"{shots} shots need {shots} training images of each class; the training split has {counts}")
+        classes, per_class, target = labels.classes, shots, 0
+    else:
+        classes = tuple(c for c in labels.classes if np.any(values == c))
+        per_class, target = 1, max(1, math.ceil(fraction * len(train_idx) - 1e-9))  # 0.1 * 30 is 3, not 4
+    by_patient: dict[str, list[int]] = {}
+    for i in train_idx.tolist():
+        by_patient.setdefault(labels.patients[i], []).append(i)
+    taken: list[int] = []
+    got = dict.fromkeys(classes, 0)
+    for p in patient_order(list(by_patient), seed):
+        if len(taken) >= target and all(n >= per_class for n in got.values()):
+            break
+        rows = by_patient[p]
+        taken += rows
+        for c in classes:
+            got[c] += int(np.count_nonzero(labels.values[rows] == c))
+    return np.sort(np.asarray(taken, dtype=train_idx.dtype))
+
+
+def split_counts(labels: Labels, splits: dict[str, np.ndarray]) -> dict[str, int]:
+    """What a run records of its splits (run.json ``splits``): the images of each split it used,
+    the positives of its training images where labels are classes (``train_positives``), and for
+    a subset the images of the whole training split it was drawn from (``train_pool``)."""
+    out = {k: len(v) for k, v in splits.items()}
+    if labels.classes:
+        out["train_positives"] = int(np.count_nonzero(labels.values[splits["train"]] == labels.classes[-1]))
     return out
 
 

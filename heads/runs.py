@@ -7,6 +7,7 @@ decides what goes in them (the training config, the curve, the test predictions)
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,9 +15,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from featurestore.errors import RadstoreError
 from featurestore.layout.paths import new_run_id
 from featurestore.layout.records import RUNTIME_ONLY, RunRecord, code_version, list_runs, predictions_table, write_run
 from featurestore.store import Store
+from featurestore.subsets import WHOLE_SPLIT
 from featurestore.tasks import TaskDef, get_task
 from heads.config import TrainConfig
 from heads.lineage import data_hash
@@ -27,11 +30,12 @@ def save_run(store: Store, task: TaskDef, config: dict[str, Any], feature_set_id
              best_epoch: int, test_metrics: dict[str, float], splits: dict[str, int], model: torch.nn.Module,
              ids: list[str], pred: np.ndarray, y: np.ndarray, operating_points: dict[str, float] | None = None,
              val_counts: dict[str, int] | None = None, warnings: dict[str, str] | None = None,
-             lineage: pa.Table | None = None) -> str:  # fmt: skip
+             lineage: pa.Table | None = None, val: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> str:  # fmt: skip
     """Commit a trained head with its test predictions; returns the new run id. ``operating_points``
     (e.g. the mask threshold chosen on validation), ``val_counts`` and ``warnings`` go into the
     record; ``lineage`` (:func:`heads.lineage.lineage_table`) is stored with it and its hash is
-    what :func:`find_run` matches."""
+    what :func:`find_run` matches. ``val`` (ids, predictions, labels of the validation split) of a
+    global kind is stored beside the test predictions for the evaluation's operating points."""
     kind = task.spec
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
@@ -46,7 +50,15 @@ def save_run(store: Store, task: TaskDef, config: dict[str, Any], feature_set_id
     )  # fmt: skip
     threshold = float(rec.operating_points.get("threshold", 0.5))
     masks = (pred, (y > 0.5).astype(np.uint8)) if kind.dense else None
-    return write_run(store, rec, buf.getvalue(), predictions_table(kind, ids, pred, y, threshold), masks, lineage)
+    return write_run(store, rec, buf.getvalue(), predictions_table(kind, ids, pred, y, threshold, val), masks, lineage)
+
+
+def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What :func:`find_run` compares of a training config: every key but the runtime-only ones,
+    and a training-subset key that is absent read as its whole-split value
+    (:data:`featurestore.subsets.WHOLE_SPLIT`): configs record those keys only when set, and
+    runs recorded before they existed trained on the whole split."""
+    return {k: v for k, v in {**WHOLE_SPLIT, **config}.items() if k not in RUNTIME_ONLY}
 
 
 def find_run(store: Store, feature_set_id: str, config: dict[str, Any], newer_than: datetime | None = None,
@@ -56,12 +68,12 @@ def find_run(store: Store, feature_set_id: str, config: dict[str, Any], newer_th
     (:func:`heads.lineage.data_hash`: every image, split, label and mask), made after
     ``newer_than``; None if there is none. What lets a scheduled study skip work.
     ``runs``: the store's run records when the caller already listed them (one listing for a grid)."""
-    want = {k: v for k, v in config.items() if k not in RUNTIME_ONLY}
+    want = comparable_config(config)
     best = None
     for r in list_runs(store) if runs is None else runs:
         if r.feature_set_id != feature_set_id or (data is not None and r.data_hash != data):
             continue
-        have = {k: v for k, v in r.config.items() if k not in RUNTIME_ONLY}
+        have = comparable_config(r.config)
         if have != want:
             continue
         if newer_than is not None and r.created < newer_than:
@@ -92,7 +104,11 @@ def plan_runs(store: Store, feature_set_id: str, configs: list[TrainConfig], man
             labels = load_labels(task, fs, manifest, store)
             labels_of[task.name] = (labels, mask_hashes(labels.mask_uris) if labels.mask_uris is not None else None)
         labels, masks = labels_of[task.name]
-        table = lineage_table(labels, split_indices(labels, c.fold, c.folds, c.seed), masks)
+        try:
+            splits = split_indices(labels, c.fold, c.folds, c.seed, c.subset)
+        except RadstoreError as e:  # e.g. too few images of a class for k shots: say which task
+            raise RadstoreError(f"{c.task}: {e}") from None
+        table = lineage_table(labels, splits, masks)
         rid = find_run(store, fs.id, c.to_json(), runs=runs, data=data_hash(table, fs.id))  # fs.id: an alias resolved
         if rid:
             reuse.append((c, rid))

@@ -31,7 +31,7 @@ from featurestore.featureset import FeatureSet
 from featurestore.store import Store
 from featurestore.tasks import TaskDef, get_task
 from heads.config import TrainConfig
-from heads.data import StreamingLoader, load_labels, mask_targets, split_indices
+from heads.data import StreamingLoader, load_labels, mask_targets, split_counts, split_indices
 from heads.lineage import lineage_table, mask_hashes
 from heads.linear import LinearProbe, Standardiser
 from heads.objectives import get_objective, target_scale
@@ -165,7 +165,7 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
     task = get_task(cfg.task)
     fs = store.feature_set(feature_set_id)
     labels = load_labels(task, fs, manifest, store)
-    splits = split_indices(labels, cfg.fold, cfg.folds, cfg.seed)
+    splits = split_indices(labels, cfg.fold, cfg.folds, cfg.seed, cfg.subset)
     masks = mask_hashes(labels.mask_uris) if labels.mask_uris is not None else None
     lineage = lineage_table(labels, splits, masks)  # what the run used: its data identity
     device = resolve_device(cfg.device)
@@ -261,6 +261,7 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         val_dice = score_thresholds(vy, vpred, "dice", np.array([t]))[0]
         operating_points = {"threshold": t, "val_dice": float(val_dice)}
         del vpred, vy
+    val = None if kind.dense else _predict(model, val_l, task, device, autocast)  # kept for the evaluation's operating points
     ids, pred, y = _predict(model, test_l, task, device, autocast)
     metrics = quick_metrics(task, pred, y, operating_points.get("threshold", 0.5))
     run_id = save_run(
@@ -272,7 +273,7 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         curve,
         best_epoch,
         metrics,
-        {k: len(v) for k, v in splits.items()},
+        split_counts(labels, splits),
         model,
         ids,
         pred,
@@ -281,6 +282,7 @@ def train(store: Store, feature_set_id: str, cfg: TrainConfig, manifest: str | l
         val_counts,
         run_warnings,
         lineage,
+        val,
     )
     return TrainResult(run_id, best_epoch, len(curve), curve, metrics, time.perf_counter() - t0, operating_points, val_counts,
                        run_warnings)  # fmt: skip

@@ -70,6 +70,7 @@ def test_made_up_kind_trains_evaluates_queries_and_reports(ordinal_kind, pixels_
     assert read_run(store, run_id)["task_kind"] == "ordinal"
     pred = read_predictions(store, run_id).to_pandas()
     assert pred["grade"].notna().all() and "value" not in pred.columns
+    pred = pred[pred.split == "test"]  # the validation split's predictions are kept beside them
 
     ev = evaluate(store, [run_id], EvalConfig(resamples=200, seed=3))
     _, tables = read_evaluation(store, ev.eval_id)
@@ -80,7 +81,7 @@ def test_made_up_kind_trains_evaluates_queries_and_reports(ordinal_kind, pixels_
     assert rows["mae"]["value"] == pytest.approx(float(np.abs(pred["label"] - pred["grade"]).mean()), abs=1e-12)
     assert rows["spearman"]["ci_low"] <= rho <= rows["spearman"]["ci_high"]
 
-    got = query(store, f"SELECT image_id, grade FROM predictions WHERE run_id = '{run_id}' ORDER BY image_id").to_pandas()
+    got = query(store, f"SELECT image_id, grade FROM predictions WHERE run_id = '{run_id}' AND split = 'test' ORDER BY image_id").to_pandas()
     want = pred.sort_values("image_id")[["image_id", "grade"]].reset_index(drop=True)
     assert got.equals(want)
 

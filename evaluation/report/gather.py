@@ -44,6 +44,16 @@ class ReportData:
     previous: str | None = None  # the evaluation before this one, and what changed since it
     changes: str | None = None
     health: list[HealthData] = field(default_factory=list)  # latest health version of each feature set checked
+    # Classification runs' calibration and operating points (evaluation.decisions); empty for an
+    # evaluation written before they were computed.
+    calibration: list[dict] = field(default_factory=list)
+    reliability: list[dict] = field(default_factory=list)
+    operating_points: list[dict] = field(default_factory=list)
+    # Label-efficiency curves (evaluation.label_efficiency: runs on subsets of the training split)
+    # and subgroup results (evaluation.subgroups); empty where the evaluation has none.
+    label_efficiency: list[dict] = field(default_factory=list)
+    label_efficiency_comparisons: list[dict] = field(default_factory=list)
+    subgroups: list[dict] = field(default_factory=list)
 
     @property
     def eval_id(self) -> str:
@@ -77,6 +87,11 @@ def gather(store: Store, eval_id: str | None = None, overlays: int = 3) -> Repor
     global kinds and, for each mask task, ``overlays`` images of its best run with their masks."""
     record, tables = read_evaluation(store, eval_id)
     rows = {name: tables[name].to_pylist() for name in ("metrics", "comparisons", "per_image", "folds")}
+    decisions = {name: tables[name].to_pylist() if name in tables else [] for name in ("calibration", "reliability", "operating_points")}
+    breakdowns = {
+        name: tables[name].to_pylist() if name in tables else []
+        for name in ("label_efficiency", "label_efficiency_comparisons", "subgroups")
+    }
     predictions = {}
     for run in record.runs:
         kind = TASK_KINDS.get(run["task_kind"])
@@ -97,7 +112,7 @@ def gather(store: Store, eval_id: str | None = None, overlays: int = 3) -> Repor
     previous, changes = changes_since(store, record.eval_id)
     health = gather_health(store, {r["feature_set_id"]: r["encoder"] for r in record.runs})  # skips what it cannot read
     return ReportData(record, store.url, **rows, predictions=predictions, overlays=drawn, provenance=provenance,
-                      cohort_hash=cohort, previous=previous, changes=changes, health=health)  # fmt: skip
+                      cohort_hash=cohort, previous=previous, changes=changes, health=health, **decisions, **breakdowns)  # fmt: skip
 
 
 def provenance_rows(store: Store, record: EvaluationRecord) -> tuple[list[dict], str | None]:

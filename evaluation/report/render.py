@@ -20,10 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from evaluation.report import decisions as D
 from evaluation.report import health as H
+from evaluation.report import label_efficiency as LE
+from evaluation.report import subgroups as SG
 from evaluation.report import tables as T
 from evaluation.report.common import (
     colours,
+    finite,
     fmt,
     headline_rows,
     kind_metrics,
@@ -169,6 +173,113 @@ def kind_sections(ctx: Context, tasks: list[str], first: int) -> list[Section]:
     return out
 
 
+# -- calibration and operating points ----------------------------------------------------------
+
+
+def decisions_section(data: ReportData, palette: dict[str, str], number: int) -> dict[str, Any]:
+    """The "Calibration and operating points" section: per classification task a reliability
+    diagram, a calibration table and an operating-points table (:mod:`evaluation.report.decisions`).
+    Always on the page, like the health section, so the sections after it keep their numbers: an
+    evaluation without classification runs says so, one made before these tables existed says to
+    re-run it. ``palette``: the report's encoder colours."""
+    cfg = data.config
+    least = cfg.get("min_class_count")
+    tasks = D.decision_tasks(data.metrics, data.calibration)
+    note = None
+    if not tasks:
+        note = D.NO_CLASSIFICATION
+    elif not data.calibration and not data.operating_points:
+        note = D.OLD_EVALUATION
+    shown = []
+    if note is None:
+        for t in tasks:
+            cal = D.calibration_table(data.calibration, t, least)
+            ops = D.operating_points_table(data.operating_points, t, least)
+            png = D.reliability_figure(t, data.reliability, data.calibration, palette, least)
+            caption = D.figure_caption(t, data.reliability, data.calibration, cfg.get("calibration_bins"))
+            figure = Block(D.figure_name(t), caption, png) if png is not None else Block(note=f"{t}: no calibration rows for this task.")
+            shown.append({"task": t, "figure": figure, "calibration": cal, "operating": ops})
+    conf = round(100 * (data.metrics[0]["confidence"] if data.metrics else cfg.get("confidence", 0.95)))  # as the page's other intervals
+    return {"number": number, "note": note, "tasks": shown, "conf": conf, "bins": cfg.get("calibration_bins", 10)}
+
+
+def decisions_section_html(section: dict[str, Any]) -> str:
+    """The section of :func:`decisions_section` as an HTML fragment (what the page holds)."""
+    return str(environment().get_template("macros.html.j2").module.decisions_section(section))
+
+
+# -- label efficiency and subgroups -------------------------------------------------------------
+
+
+def _confidence(data: ReportData) -> int:
+    """The evaluation's interval level in percent, as the page's other intervals print it."""
+    return round(100 * (data.metrics[0]["confidence"] if data.metrics else data.config.get("confidence", 0.95)))
+
+
+def label_efficiency_section(data: ReportData, palette: dict[str, str], number: int) -> dict[str, Any]:
+    """The "Label efficiency" section: per task with curve points a figure of its primary metric
+    against the training labels, a table of the points and one of the encoders' comparisons at
+    each size (:mod:`evaluation.report.label_efficiency`). Always on the page, like the
+    calibration and health sections, so the sections after it keep their numbers: an evaluation
+    without label-efficiency runs says how to plan them. ``palette``: the report's encoder colours."""
+    rows = data.label_efficiency
+    shown = []
+    for t in LE.tasks(rows):
+        png = LE.curve_figure(t, rows, palette)
+        figure = (
+            Block(LE.figure_name(t), LE.figure_caption(t, rows), png) if png is not None else Block(note=f"{t}: no primary-metric rows.")
+        )
+        shown.append({
+            "task": t,
+            "metric": metric_display(LE.primary_metric(rows, t) or ""),
+            "figure": figure,
+            "table": LE.curve_table(rows, t),
+            "comparisons": LE.comparisons_table(data.label_efficiency_comparisons, t, LE.primary_metric(rows, t)),
+        })  # fmt: skip
+    conf = round(100 * rows[0]["confidence"]) if rows and finite(rows[0]["confidence"]) else _confidence(data)
+    return {"number": number, "note": None if rows else LE.NOT_CONFIGURED, "tasks": shown, "conf": conf, "alpha": f"{LE.ALPHA:g}"}
+
+
+def label_efficiency_section_html(section: dict[str, Any]) -> str:
+    """The section of :func:`label_efficiency_section` as an HTML fragment (what the page holds)."""
+    return str(environment().get_template("macros.html.j2").module.label_efficiency_section(section))
+
+
+def subgroups_section(data: ReportData, palette: dict[str, str], number: int) -> dict[str, Any]:
+    """The "Subgroups" section: per task with subgroup rows a forest plot of its primary metric
+    per subgroup and encoder, and the subgroups that differ from the rest after Holm's correction
+    (:mod:`evaluation.report.subgroups`). Always on the page (numbering stays stable): an
+    evaluation without subgroup rows says why there may be none. ``palette``: the report's
+    encoder colours."""
+    rows = data.subgroups
+    note = SG.section_note(rows, data.config)
+    primary = SG.primary_by_task(rows, data.metrics, data.config)
+    conf = _confidence(data)
+    shown = []
+    for t in SG.tasks(rows) if note is None else []:
+        metric = primary.get(t)
+        subset = SG.task_rows(rows, t, metric)
+        png = SG.forest_figure(t, subset, SG.whole_value(data.metrics, metric), palette, conf)
+        figure = (Block(SG.figure_name(t), SG.figure_caption(t, metric, conf), png) if png is not None
+                  else Block(note=f"{t}: no subgroup with a value of {metric_display(metric or '')}."))  # fmt: skip
+        table = SG.significant_table(rows, t, metric)
+        empty = SG.unknown_columns(subset)
+        shown.append({
+            "task": t,
+            "metric": metric_display(metric or ""),
+            "figure": figure,
+            "significant": table,
+            "none": SG.no_difference_note(rows, t, metric) if table is None else None,
+            "unknown": f"{t}: no test image has a value in {', '.join(empty)} (left out)." if empty and png is not None else None,
+        })  # fmt: skip
+    return {"number": number, "note": note, "tasks": shown, "conf": conf, "alpha": f"{SG.ALPHA:g}"}
+
+
+def subgroups_section_html(section: dict[str, Any]) -> str:
+    """The section of :func:`subgroups_section` as an HTML fragment (what the page holds)."""
+    return str(environment().get_template("macros.html.j2").module.subgroups_section(section))
+
+
 # -- embedding health ---------------------------------------------------------------------------
 
 
@@ -275,7 +386,10 @@ def render_report(data: ReportData, out_dir: str | Path, correction: str = "bonf
             else None,
         },
     }
-    page["health"] = health_section(data.health, data.runs, data.store_url, ctx.colours, page["comparisons"]["number"] + 1)
+    page["decisions"] = decisions_section(data, ctx.colours, page["comparisons"]["number"] + 1)
+    page["label_efficiency"] = label_efficiency_section(data, ctx.colours, page["decisions"]["number"] + 1)
+    page["subgroups"] = subgroups_section(data, ctx.colours, page["label_efficiency"]["number"] + 1)
+    page["health"] = health_section(data.health, data.runs, data.store_url, ctx.colours, page["subgroups"]["number"] + 1)
     for block in _blocks(page):
         if block.png is not None:
             (out / "figures" / f"{block.name}.png").write_bytes(block.png)
@@ -291,7 +405,9 @@ def render_report(data: ReportData, out_dir: str | Path, correction: str = "bonf
 def _blocks(page: dict[str, Any]) -> list[Block]:
     """Every block of the page, in page order (those with a figure are written to figures/)."""
     c = page["comparisons"]
-    blocks = [page["forest"], *(b for s in page["sections"] for b in s.blocks), c["pvalues"], c["nemenyi"], *page["health"]["blocks"]]
+    blocks = [page["forest"], *(b for s in page["sections"] for b in s.blocks), c["pvalues"], c["nemenyi"]]
+    blocks += [t["figure"] for name in ("decisions", "label_efficiency", "subgroups") for t in page[name]["tasks"]]
+    blocks += page["health"]["blocks"]
     return [b for b in blocks if b is not None]
 
 

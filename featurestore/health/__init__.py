@@ -16,7 +16,21 @@ holds exactly the data that measures it. For each feature set, read streaming fr
 reads the store; :mod:`.config` holds the knobs and the warning limits.
 """
 
-from featurestore.health.check import HEALTH_VERSION, HealthResult, check_health, check_store, latest_health, load_health
+from typing import Any
+
 from featurestore.health.config import HealthConfig
+
+_CHECK = ("HEALTH_VERSION", "HealthResult", "check_health", "check_store", "latest_health", "load_health")
+
+
+def __getattr__(name: str) -> Any:
+    """The check's names, imported on first use: the CLI reads HealthConfig to build its options
+    and must not import torch (the patch figures use it) to print ``--help``."""
+    if name in _CHECK:
+        from featurestore.health import check
+
+        return getattr(check, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["HEALTH_VERSION", "HealthConfig", "HealthResult", "check_health", "check_store", "latest_health", "load_health"]

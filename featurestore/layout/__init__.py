@@ -37,7 +37,8 @@ A store is one directory or one object-store prefix::
       runs/<run_id>/                      one trained head (records.RunRecord), immutable
         run.json                          the record; written last: the run exists from here on
         head.pt                           the head's state dict (torch.save)
-        predictions.parquet               test split (predictions_schema(): the kind's column)
+        predictions.parquet               test split (predictions_schema(): the kind's column); global
+                                          kinds also the validation split (split = 'val')
         lineage.parquet                   every image of every split with its label or mask sha256
                                           (LINEAGE_SCHEMA); its hash is the record's data_hash
         masks.zarr, targets.zarr          segmentation: predicted probabilities (float16) and

@@ -132,18 +132,26 @@ class RunRecord(_JsonRecord):
         return datetime.fromisoformat(self.created_at)
 
 
-def predictions_table(kind: TaskKind, ids: list[str], pred: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> pa.Table:
+def predictions_table(kind: TaskKind, ids: list[str], pred: np.ndarray, y: np.ndarray, threshold: float = 0.5,
+                      val: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> pa.Table:  # fmt: skip
     """A run's ``predictions.parquet``: the kind's prediction column and the label for a global
     kind; for a mask kind the row of each image in the mask arrays and its pixel counts
-    (predicted pixels: probability above the run's ``threshold``)."""
+    (predicted pixels: probability above the run's ``threshold``). ``val`` (ids, predictions,
+    labels) of a global kind adds the validation split's rows (``split`` "val"): what the
+    evaluation chooses operating points and fits calibration on, never on the test split."""
     cols: dict[str, Any] = {"image_id": ids, "split": ["test"] * len(ids)}
     if kind.dense:
         cols["mask_row"] = np.arange(len(ids))
         cols["positive_pixels"] = (y > 0.5).sum((1, 2)).astype(np.int64)
         cols["predicted_pixels"] = (pred > threshold).sum((1, 2)).astype(np.int64)
-    else:
-        cols[kind.prediction] = pred.astype(np.float64)
-        cols["label"] = y.astype(np.float64)
+        return pa.table(cols)
+    cols[kind.prediction] = pred.astype(np.float64)
+    cols["label"] = y.astype(np.float64)
+    if val is not None:
+        vids, vpred, vy = val
+        cols = {"image_id": [*ids, *vids], "split": [*cols["split"], *["val"] * len(vids)],
+                kind.prediction: np.concatenate([cols[kind.prediction], np.asarray(vpred, np.float64)]),
+                "label": np.concatenate([cols["label"], np.asarray(vy, np.float64)])}  # fmt: skip
     return pa.table(cols)
 
 
@@ -219,9 +227,15 @@ def read_predictions(store: Store, run_id: str) -> pa.Table:
 
 def read_test_predictions(store: Store, run_id: str) -> tuple[pa.Table, str]:
     """(test-split rows of predictions.parquet, sha256 of the file's bytes), from one read."""
+    t, sha = read_hashed_predictions(store, run_id)
+    return t.filter(pa.compute.equal(t.column("split"), "test")), sha
+
+
+def read_hashed_predictions(store: Store, run_id: str) -> tuple[pa.Table, str]:
+    """(every row of predictions.parquet: test and, where the run kept them, validation; sha256
+    of the file's bytes), from one read."""
     raw = store.loc.read_bytes(P.RUNS_DIR, run_id, P.PREDICTIONS)
-    t = pq.read_table(pa.BufferReader(raw))
-    return t.filter(pa.compute.equal(t.column("split"), "test")), hashlib.sha256(raw).hexdigest()
+    return pq.read_table(pa.BufferReader(raw)), hashlib.sha256(raw).hexdigest()
 
 
 def open_masks(store: Store, run_id: str) -> tuple[zarr.Array, zarr.Array]:
@@ -317,8 +331,17 @@ def read_evaluation_record(store: Store, eval_id: str) -> EvaluationRecord:
 
 
 def evaluation_table_paths(store: Store, eval_ids: list[str], name: str) -> list[str]:
-    """Where table ``name`` of each evaluation lives (for lazy scans)."""
-    return [store.loc.path(P.METRICS_DIR, e, P.table_file(name)) for e in eval_ids]
+    """Where table ``name`` of each evaluation lives (for lazy scans); an evaluation written before
+    the table existed has none and is left out (it reads as no rows)."""
+    out = []
+    for e in eval_ids:
+        if name in _FIRST_EVAL_TABLES or store.loc.exists(P.METRICS_DIR, e, P.table_file(name)):
+            out.append(store.loc.path(P.METRICS_DIR, e, P.table_file(name)))
+    return out
+
+
+#: The tables every evaluation version has had from the start (the others may be missing in old versions).
+_FIRST_EVAL_TABLES = ("metrics", "comparisons", "per_image", "folds")
 
 
 def read_evaluation_tables(store: Store, eval_id: str) -> dict[str, pa.Table]:

@@ -34,9 +34,17 @@ IMAGES_SCHEMA = pa.schema(
         # where bits_stored came from (sBIT, max-value, BitsStored, 8-bit...; imageio's docstring);
         # added later: parts written without it read as null
         ("bits_rule", pa.string()),
+        # Acquisition and patient attributes for subgroup analysis (featurestore.attributes): the
+        # DICOM header's ViewPosition, Manufacturer, PatientSex and PatientAge (in years), or the
+        # manifest's columns of these names; null where neither has them. Added later: parts
+        # written without them read as null.
+        ("view_position", pa.string()),
+        ("manufacturer", pa.string()),
+        ("patient_sex", pa.string()),
+        ("patient_age", pa.float64()),
     ]
 )
-IMAGES_DICTIONARY_COLUMNS = ["format", "photometric", "split", "bits_rule"]
+IMAGES_DICTIONARY_COLUMNS = ["format", "photometric", "split", "bits_rule", "view_position", "manufacturer", "patient_sex"]
 
 INGEST_ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("run_at", UTC_MS)])
 
@@ -135,8 +143,95 @@ FOLDS_SCHEMA = pa.schema([
     ("median", pa.float64()), ("mean", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     ("mean_rank", pa.float64()), ("friedman_statistic", pa.float64()), ("friedman_p", pa.float64()),
 ])  # fmt: skip
-#: The tables of one evaluation version, by name (file ``<name>.parquet``).
-EVAL_TABLES = {"metrics": METRICS_SCHEMA, "comparisons": COMPARISONS_SCHEMA, "per_image": PER_IMAGE_SCHEMA, "folds": FOLDS_SCHEMA}
+_RUN_COLUMNS = [
+    ("eval_id", pa.string()), ("created_at", UTC_MS), ("task", pa.string()), ("head", pa.string()), ("fold", pa.int32()),
+    ("encoder", pa.string()), ("feature_set_id", pa.string()), ("run_id", pa.string()),
+]  # fmt: skip
+#: Classification runs (evaluation.decisions): Brier and ECE of the test scores, raw
+#: (``scaling`` none) and recalibrated on validation (platt, temperature: ``p' = sigmoid(slope *
+#: logit(p) + intercept)``); ``status`` ok, no-validation or insufficient (no numbers).
+CALIBRATION_SCHEMA = pa.schema([
+    *_RUN_COLUMNS, ("scaling", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("ci_low", pa.float64()),
+    ("ci_high", pa.float64()), ("method", pa.string()), ("n", pa.int64()), ("slope", pa.float64()), ("intercept", pa.float64()),
+    ("status", pa.string()),
+])  # fmt: skip
+#: The reliability diagram's bins of each classification run and scaling.
+RELIABILITY_SCHEMA = pa.schema([
+    *_RUN_COLUMNS, ("scaling", pa.string()), ("bin", pa.int32()), ("lower", pa.float64()), ("upper", pa.float64()),
+    ("count", pa.int64()), ("mean_predicted", pa.float64()), ("fraction_positive", pa.float64()),
+])  # fmt: skip
+#: Thresholds chosen on validation (``rule`` youden, sensitivity@0.90) and the test sensitivity,
+#: specificity, PPV and NPV at them, with intervals over the test images.
+OPERATING_POINTS_SCHEMA = pa.schema([
+    *_RUN_COLUMNS, ("rule", pa.string()), ("threshold", pa.float64()), ("metric", pa.string()), ("value", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("method", pa.string()), ("n", pa.int64()), ("status", pa.string()),
+])  # fmt: skip
+
+# -- label efficiency (evaluation.label_efficiency) ---------------------------------------------
+#: Runs trained on subsets of the training split (featurestore.subsets): ``regime`` fraction |
+#: shots and ``size`` (the fraction, or images per class; a whole-split run is fraction 1).
+_SUBSET_COLUMNS = [
+    ("eval_id", pa.string()), ("created_at", UTC_MS), ("task", pa.string()), ("task_kind", pa.string()), ("head", pa.string()),
+    ("fold", pa.int32()), ("regime", pa.string()), ("size", pa.float64()), ("encoder", pa.string()), ("feature_set_id", pa.string()),
+]  # fmt: skip
+#: One row per encoder, size and metric: the mean over seeds (``value``) with the percentile
+#: interval of that mean over the test resamples, the spread over seeds (sd, min, max), and the
+#: training labels used (mean over seeds; positives where labels are classes).
+LABEL_EFFICIENCY_SCHEMA = pa.schema([
+    *_SUBSET_COLUMNS, ("metric", pa.string()), ("primary", pa.bool_()), ("seeds", pa.int64()),
+    ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    ("seed_sd", pa.float64()), ("seed_min", pa.float64()), ("seed_max", pa.float64()),
+    ("train_images", pa.float64()), ("train_positives", pa.float64()),
+    ("confidence", pa.float64()), ("n", pa.int64()), ("resamples", pa.int64()), ("seed", pa.int64()),
+    ("n_pos", pa.int64()), ("n_neg", pa.int64()), ("status", pa.string()),
+])  # fmt: skip
+#: One row per run (one subset seed) and metric, its interval as in the metrics table.
+LABEL_EFFICIENCY_SEEDS_SCHEMA = pa.schema([
+    *_SUBSET_COLUMNS, ("run_id", pa.string()), ("subset_seed", pa.int64()), ("metric", pa.string()), ("primary", pa.bool_()),
+    ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("method", pa.string()),
+    ("confidence", pa.float64()), ("n", pa.int64()), ("resamples", pa.int64()), ("seed", pa.int64()),
+    ("n_pos", pa.int64()), ("n_neg", pa.int64()), ("status", pa.string()),
+    ("train_images", pa.int64()), ("train_positives", pa.int64()), ("train_pool", pa.int64()),
+])  # fmt: skip
+#: Encoder pairs at each size: the difference of their seed means, paired over the same test
+#: resamples and the same subset seeds; Bonferroni/Holm over the pairs of one size and metric.
+LABEL_EFFICIENCY_COMPARISONS_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("task", pa.string()), ("head", pa.string()), ("fold", pa.int32()),
+    ("regime", pa.string()), ("size", pa.float64()), ("metric", pa.string()), ("test", pa.string()),
+    ("encoder_a", pa.string()), ("encoder_b", pa.string()), ("feature_set_a", pa.string()), ("feature_set_b", pa.string()),
+    ("seeds", pa.int64()), ("value_a", pa.float64()), ("value_b", pa.float64()), ("diff", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    ("p", pa.float64()), ("p_bonferroni", pa.float64()), ("p_holm", pa.float64()), ("family_size", pa.int64()),
+    ("wins_a", pa.int64()), ("wins_b", pa.int64()), ("n", pa.int64()),
+])  # fmt: skip
+#: The label-efficiency tables by name (evaluation.label_efficiency.label_efficiency_rows' keys).
+LABEL_EFFICIENCY_TABLES = {
+    "label_efficiency": LABEL_EFFICIENCY_SCHEMA,
+    "label_efficiency_seeds": LABEL_EFFICIENCY_SEEDS_SCHEMA,
+    "label_efficiency_comparisons": LABEL_EFFICIENCY_COMPARISONS_SCHEMA,
+}
+
+# -- subgroups (evaluation.subgroups) -----------------------------------------------------------
+#: One row per run, subgroup column (manufacturer, view_position, age_band, ...), subgroup
+#: (``unknown``: no value) and metric: the value with its interval (``method`` as in the
+#: metrics table), the difference from the rest of the test images (subgroup - rest) with its
+#: interval and two-sided bootstrap p, Holm-corrected over the subgroups of one run, column and
+#: metric (``family_size`` hypotheses). ``status`` ok, or too-small: no value, interval or test.
+SUBGROUPS_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("created_at", UTC_MS), ("task", pa.string()), ("task_kind", pa.string()),
+    ("head", pa.string()), ("fold", pa.int32()), ("encoder", pa.string()), ("feature_set_id", pa.string()),
+    ("run_id", pa.string()), ("metric", pa.string()), ("column", pa.string()), ("subgroup", pa.string()),
+    ("n", pa.int64()), ("n_pos", pa.int64()), ("n_neg", pa.int64()), ("n_rest", pa.int64()), ("status", pa.string()),
+    ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("method", pa.string()),
+    ("diff_vs_rest", pa.float64()), ("diff_ci_low", pa.float64()), ("diff_ci_high", pa.float64()),
+    ("p", pa.float64()), ("p_holm", pa.float64()), ("family_size", pa.int64()),
+])  # fmt: skip
+
+#: The tables of one evaluation version, by name (file ``<name>.parquet``). Tables added after
+#: the first version read as empty from versions written before them.
+EVAL_TABLES = {"metrics": METRICS_SCHEMA, "comparisons": COMPARISONS_SCHEMA, "per_image": PER_IMAGE_SCHEMA, "folds": FOLDS_SCHEMA,
+               "calibration": CALIBRATION_SCHEMA, "reliability": RELIABILITY_SCHEMA, "operating_points": OPERATING_POINTS_SCHEMA,
+               **LABEL_EFFICIENCY_TABLES, "subgroups": SUBGROUPS_SCHEMA}  # fmt: skip
 
 # -- embedding health (features/<id>/health/<health_id>/, featurestore.health) -------------------
 #: Every figure of one health version in long form: ``scope`` global | patch | control | leakage |

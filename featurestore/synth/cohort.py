@@ -16,11 +16,27 @@ leakage a patient-level split cannot see, planted so that a leakage audit can be
 a known answer, which is written beside the manifest (:data:`NEAR_DUPLICATES_FILE`, read back by
 :func:`read_near_duplicates`). The regular images do not change, so the cohort stays a prefix
 of the same seed's cohort without them.
+
+Every image has acquisition and patient attributes for subgroup analysis: ViewPosition (PA or
+AP; ``ap_fraction``) and Manufacturer (one of ``manufacturers``, uniformly) per image,
+PatientSex (M/F) and PatientAge (years, ~N(58, 18) within 18..95) per patient. They are DICOM
+tags of a DICOM image and the manifest's ``view_position``, ``manufacturer``, ``patient_sex``
+and ``patient_age`` of a PNG (null there for a DICOM image: its header is where ingest reads
+them). They come from generators of their own, so the pixels are what they were before the
+attributes existed. The phantom is drawn the same in either view: the view is a label only.
+
+``subgroup_effect`` (``"manufacturer=VendorC"``, ``"view_position=AP"`` or ``"patient_sex=F"``)
+plants a known subgroup effect: that subgroup's findings are drawn with their contrast scaled
+by ``1 - subgroup_effect_strength`` (:func:`featurestore.synth.phantom.render`'s
+``lesion_contrast``: fainter heart, fainter pneumothorax), so a classifier's AUROC is lower
+there. The answer is written beside the manifest (:data:`SUBGROUP_EFFECT_FILE`, read back by
+:func:`read_subgroup_effect`), and removed when a cohort is rewritten without an effect.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +51,16 @@ from PIL import Image
 from featurestore.manifest import MANIFEST_SCHEMA
 from featurestore.synth.phantom import PatientAnatomy, render, sample_patient
 
-__all__ = ["NEAR_DUPLICATES_FILE", "TRANSFER_SYNTAXES", "SynthConfig", "read_near_duplicates", "synthesize", "write_dicom"]
+__all__ = [
+    "NEAR_DUPLICATES_FILE",
+    "SUBGROUP_EFFECT_FILE",
+    "TRANSFER_SYNTAXES",
+    "SynthConfig",
+    "read_near_duplicates",
+    "read_subgroup_effect",
+    "synthesize",
+    "write_dicom",
+]
 
 #: ``compression`` -> the lossless transfer syntax pydicom encodes it with (RLE: pydicom's own
 #: encoder; JPEG-LS: pyjpegls (CharLS); JPEG 2000: pylibjpeg-openjpeg, reversible wavelet).
@@ -57,6 +82,13 @@ NEAR_DUPLICATES_SCHEMA = pa.schema(
     ]
 )
 
+#: The planted subgroup effect's ground truth, beside the manifest: ``attribute``, ``value``,
+#: ``strength``, ``lesion_contrast`` and the ``image_ids`` drawn with it.
+SUBGROUP_EFFECT_FILE = "subgroup_effect.json"
+#: The values of ViewPosition and PatientSex the cohort draws from.
+VIEWS = ("PA", "AP")
+SEXES = ("M", "F")
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -74,6 +106,10 @@ class SynthConfig:
     compression: str = "none"  # how DICOM pixel data is stored: one of COMPRESSIONS
     near_duplicates: int = 0  # extra test images, each a noisy copy of a distinct train image
     near_duplicate_noise: float = 0.01  # std of the Gaussian noise on the duplicate's [0, 1] image
+    manufacturers: tuple[str, ...] = ("VendorA", "VendorB", "VendorC")  # drawn uniformly per image
+    ap_fraction: float = 0.3  # images taken AP (the others PA)
+    subgroup_effect: str | None = None  # "attribute=value": that subgroup's findings are fainter
+    subgroup_effect_strength: float = 0.6  # how much fainter: contrast x (1 - strength)
 
     COMPRESSIONS: ClassVar[tuple[str, ...]] = ("none", *TRANSFER_SYNTAXES)
 
@@ -84,6 +120,29 @@ class SynthConfig:
             raise ValueError(f"near_duplicates must be >= 0, got {self.near_duplicates}")
         if not self.near_duplicate_noise >= 0:
             raise ValueError(f"near_duplicate_noise must be >= 0, got {self.near_duplicate_noise}")
+        if not self.manufacturers or any(not str(m).strip() for m in self.manufacturers):
+            raise ValueError(f"manufacturers must be non-empty names, got {self.manufacturers!r}")
+        if not 0.0 <= self.ap_fraction <= 1.0:
+            raise ValueError(f"ap_fraction must be in [0, 1], got {self.ap_fraction}")
+        if not 0.0 <= self.subgroup_effect_strength <= 1.0:
+            raise ValueError(f"subgroup_effect_strength must be in [0, 1], got {self.subgroup_effect_strength}")
+        self.planted_subgroup()  # raises for an effect that names no subgroup
+
+    def planted_subgroup(self) -> tuple[str, str] | None:
+        """(attribute, value) of :attr:`subgroup_effect`, or None; raises ValueError when it is
+        not ``attribute=value`` with an attribute and a value the cohort has."""
+        if self.subgroup_effect is None:
+            return None
+        attribute, sep, value = self.subgroup_effect.partition("=")
+        attribute, value = attribute.strip(), value.strip()
+        values = {"manufacturer": tuple(self.manufacturers), "view_position": VIEWS, "patient_sex": SEXES}
+        if not sep or attribute not in values:
+            raise ValueError(
+                f"subgroup_effect must be ATTRIBUTE=VALUE with ATTRIBUTE one of {', '.join(values)}, got {self.subgroup_effect!r}"
+            )
+        if value not in values[attribute]:
+            raise ValueError(f"subgroup_effect: {attribute} takes {', '.join(values[attribute])}, got {value!r}")
+        return attribute, value
 
 
 def _rng(*key: int | str) -> np.random.Generator:
@@ -106,6 +165,44 @@ def _split_of(cfg: SynthConfig, patient: int) -> str:
     u = _rng(cfg.seed, "split", patient).random()
     tr, va, _ = cfg.split
     return "train" if u < tr else ("val" if u < tr + va else "test")
+
+
+@dataclass(frozen=True)
+class _Attributes:
+    """An image's acquisition and patient attributes (module docstring)."""
+
+    view_position: str
+    manufacturer: str
+    patient_sex: str
+    patient_age: int  # years
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {
+            "view_position": self.view_position,
+            "manufacturer": self.manufacturer,
+            "patient_sex": self.patient_sex,
+            "patient_age": self.patient_age,
+        }
+
+
+def _attributes(cfg: SynthConfig, i: int, patient: int) -> _Attributes:
+    """Image ``i``'s attributes, from generators of their own (the pixels' draws are untouched):
+    sex and age depend on the patient only, view and manufacturer on the image."""
+    prng = _rng(cfg.seed, "patient-attributes", patient)
+    sex = SEXES[int(prng.integers(0, 2))]
+    age = int(np.clip(round(prng.normal(58.0, 18.0)), 18, 95))
+    irng = _rng(cfg.seed, "image-attributes", i)
+    view = "AP" if irng.random() < cfg.ap_fraction else "PA"
+    manufacturer = str(cfg.manufacturers[int(irng.integers(0, len(cfg.manufacturers)))])
+    return _Attributes(view, manufacturer, sex, age)
+
+
+def _lesion_contrast(cfg: SynthConfig, attrs: _Attributes) -> float:
+    """1, or ``1 - subgroup_effect_strength`` for an image of the planted subgroup."""
+    planted = cfg.planted_subgroup()
+    if planted is None or getattr(attrs, planted[0]) != planted[1]:
+        return 1.0
+    return 1.0 - cfg.subgroup_effect_strength
 
 
 def _image_id(seed: int, i: int) -> str:
@@ -157,9 +254,14 @@ def write_dicom(
     seed: int,
     pixel_spacing: float,
     compression: str = "none",
+    view_position: str = "PA",
+    manufacturer: str = "radstore synthetic cohort",
+    patient_sex: str | None = None,
+    patient_age: int | None = None,
 ) -> None:
     """Store ``intensity`` (0..1, bright = dense) as a DX image with a window covering it, its pixel
-    data uncompressed or losslessly compressed (``compression``: a key of :data:`TRANSFER_SYNTAXES`)."""
+    data uncompressed or losslessly compressed (``compression``: a key of :data:`TRANSFER_SYNTAXES`),
+    with its view, manufacturer, and the patient's sex and age (years, as a DICOM Age String)."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -184,9 +286,13 @@ def write_dicom(
     ds.PatientName = f"SYNTH^{patient_id}"
     ds.StudyDate = "20250101"
     ds.Modality = "DX"
-    ds.ViewPosition = "PA"
+    if patient_sex is not None:
+        ds.PatientSex = patient_sex
+    if patient_age is not None:
+        ds.PatientAge = f"{int(patient_age):03d}Y"
+    ds.ViewPosition = view_position
     ds.BodyPartExamined = "CHEST"
-    ds.Manufacturer = "radstore synthetic cohort"
+    ds.Manufacturer = manufacturer
     ds.ImageComments = f"synthetic image {image_id}; not a real patient"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
@@ -223,7 +329,8 @@ def _one(args: tuple[SynthConfig, int, int, str, Path, _Duplicate | None]) -> di
     aspect = rng.uniform(0.82, 1.15)
     w = int(np.clip(round(h * aspect), cfg.min_side, max(cfg.max_side, cfg.min_side)))
     has_ptx = bool(rng.random() < cfg.pneumothorax_prevalence)
-    ph = render(anatomy, rng, h, w, pneumothorax=has_ptx)
+    attrs = _attributes(cfg, i, patient)
+    ph = render(anatomy, rng, h, w, pneumothorax=has_ptx, lesion_contrast=_lesion_contrast(cfg, attrs))
     image = ph.image
     if dup is None:
         image_id, patient_id = _image_id(cfg.seed, i), _patient_id(cfg.seed, patient)
@@ -250,6 +357,7 @@ def _one(args: tuple[SynthConfig, int, int, str, Path, _Duplicate | None]) -> di
             seed=cfg.seed,
             pixel_spacing=430.0 / max(h, w),
             compression=cfg.compression,
+            **attrs.as_dict(),
         )
         fmt = "dicom"
     masks = {}
@@ -268,14 +376,17 @@ def _one(args: tuple[SynthConfig, int, int, str, Path, _Duplicate | None]) -> di
         "heart_mask": masks["heart"],
         "lung_mask": masks["lung"],
         "pneumothorax_mask": masks["pneumothorax"],
+        # A PNG has no header: the manifest carries its attributes (a DICOM's are its tags).
+        **(attrs.as_dict() if use_png else {}),
     }
 
 
 def synthesize(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> Path:
-    """Write the cohort under ``out`` and return the manifest's path; with ``near_duplicates``,
-    also their ground truth (:data:`NEAR_DUPLICATES_FILE`), which is removed otherwise so that a
-    rewritten cohort never keeps a stale answer. Raises ValueError when the cohort has fewer
-    train images than ``near_duplicates``."""
+    """Write the cohort under ``out`` and return the manifest's path; with ``near_duplicates``
+    or ``subgroup_effect``, also their ground truth (:data:`NEAR_DUPLICATES_FILE`,
+    :data:`SUBGROUP_EFFECT_FILE`), each removed otherwise so that a rewritten cohort never keeps
+    a stale answer. Raises ValueError when the cohort has fewer train images than
+    ``near_duplicates``."""
     from tqdm import tqdm
 
     root = Path(out)
@@ -317,7 +428,36 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progres
         pq.write_table(pa.Table.from_pylist(truth_rows, schema=NEAR_DUPLICATES_SCHEMA), truth)
     else:
         truth.unlink(missing_ok=True)
+    _write_subgroup_effect(root, cfg, [(r["image_id"], j[1], j[2]) for r, j in zip(rows, jobs)])
     return manifest
+
+
+def _write_subgroup_effect(root: Path, cfg: SynthConfig, images: list[tuple[str, int, int]]) -> None:
+    """:data:`SUBGROUP_EFFECT_FILE` for a planted effect ((image_id, image index, patient) of
+    every image written); removed without one."""
+    path = root / SUBGROUP_EFFECT_FILE
+    planted = cfg.planted_subgroup()
+    if planted is None:
+        path.unlink(missing_ok=True)
+        return
+    attribute, value = planted
+    ids = [iid for iid, i, p in images if getattr(_attributes(cfg, i, p), attribute) == value]
+    record = {
+        "attribute": attribute,
+        "value": value,
+        "strength": cfg.subgroup_effect_strength,
+        "lesion_contrast": 1.0 - cfg.subgroup_effect_strength,
+        "findings": ["cardiomegaly", "pneumothorax"],
+        "image_ids": ids,
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def read_subgroup_effect(manifest_path: str | os.PathLike) -> dict | None:
+    """The planted subgroup effect of the cohort whose manifest is ``manifest_path`` (the record
+    :data:`SUBGROUP_EFFECT_FILE` holds), or None when none was planted."""
+    path = Path(manifest_path).parent / SUBGROUP_EFFECT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_near_duplicates(manifest_path: str | os.PathLike) -> list[tuple[str, str]]:

@@ -13,6 +13,12 @@ Labels come from the masks, never from the sampling parameters: the cardiothorac
 measured as (heart mask width) / (width across the outer lung borders), and a pneumothorax is a
 peripheral crescent of a lung without markings, bounded by a thin visceral pleural line. Its
 depth is drawn log-uniformly, so small apical ones are faint slivers (hard), large ones obvious.
+
+``lesion_contrast`` (1 = as described) scales how visible the findings are without changing
+the anatomy, the masks, the labels or a single random draw: the heart's density above what
+surrounds it (whose width is cardiomegaly), and a pneumothorax's lucency, its pleural line and
+the markings it removes. 0 leaves no trace of them in the pixels. A synthetic cohort uses it to
+plant a subgroup whose findings are harder to see (``SynthConfig.subgroup_effect``).
 """
 
 from __future__ import annotations
@@ -102,8 +108,13 @@ def render(
     height: int,
     width: int,
     pneumothorax: bool,
+    lesion_contrast: float = 1.0,
 ) -> Phantom:
-    """Render one film of ``anatomy`` at ``height`` x ``width`` pixels."""
+    """Render one film of ``anatomy`` at ``height`` x ``width`` pixels; ``lesion_contrast`` in
+    [0, 1] fades the findings (module docstring)."""
+    if not 0.0 <= lesion_contrast <= 1.0:
+        raise ValueError(f"lesion_contrast must be in [0, 1], got {lesion_contrast}")
+    c = float(lesion_contrast)
     H, W = height, width
     ys = (np.arange(H, dtype=np.float32) + 0.5) / H
     xs = (np.arange(W, dtype=np.float32) + 0.5) / W
@@ -184,15 +195,16 @@ def render(
     medi = (dist_mid < medi_w) & (yy < diaphragm)
     abdomen = (yy > diaphragm) & (thickness > 0)
     knob = _ellipse(xx, yy, cx + med * 0.95, apex + 0.24 * (dia - apex), 0.032, 0.028)
-    dense = np.maximum.reduce(
-        [
-            0.50 * ndimage.gaussian_filter(medi.astype(np.float32), 0.006 * px),
-            0.56 * ndimage.gaussian_filter(heart.astype(np.float32), 0.003 * px),
-            0.54 * ndimage.gaussian_filter(abdomen.astype(np.float32), 0.004 * px),
-            0.50 * ndimage.gaussian_filter(knob.astype(np.float32), 0.004 * px),
-        ]
-    ) * (0.75 + 0.25 * thickness)
-    raw = np.maximum(raw, dense)
+    medi_d = 0.50 * ndimage.gaussian_filter(medi.astype(np.float32), 0.006 * px)
+    heart_d = 0.56 * ndimage.gaussian_filter(heart.astype(np.float32), 0.003 * px)
+    abdomen_d = 0.54 * ndimage.gaussian_filter(abdomen.astype(np.float32), 0.004 * px)
+    knob_d = 0.50 * ndimage.gaussian_filter(knob.astype(np.float32), 0.004 * px)
+    dense = np.maximum.reduce([medi_d, heart_d, abdomen_d, knob_d]) * (0.75 + 0.25 * thickness)
+    if c == 1.0:
+        raw = np.maximum(raw, dense)
+    else:  # the heart's excess over the image without it, scaled
+        without = np.maximum(raw, np.maximum.reduce([medi_d, abdomen_d, knob_d]) * (0.75 + 0.25 * thickness))
+        raw = without + c * (np.maximum(raw, dense) - without)
     spine = np.clip(1 - (dist_mid / 0.03) ** 2, 0, 1)
     raw = raw + 0.06 * spine * (thickness > 0)
     carina = apex + 0.22 * (dia - apex)
@@ -233,7 +245,7 @@ def render(
     fade = np.clip(1.15 - np.abs(xx - cx) / (tw + 1e-6), 0.15, 1.0)
     markings = vess * fade * lungs
     if ptx.any():
-        markings = markings * ~ptx
+        markings = markings * ~ptx if c == 1.0 else markings * (1.0 - c * ptx)
     raw = raw + 0.11 * markings
 
     if ptx.any():
@@ -241,7 +253,7 @@ def render(
         collapsed = lungs & ~ptx
         pleura = ndimage.binary_dilation(ptx, iterations=max(1, int(0.0015 * px))) & collapsed
         pleura_soft = ndimage.gaussian_filter(pleura.astype(np.float32), 0.0008 * px)
-        raw = raw - rng.uniform(0.06, 0.14) * ptx + edge_strength * pleura_soft
+        raw = raw - c * rng.uniform(0.06, 0.14) * ptx + c * edge_strength * pleura_soft
 
     # Exposure gradient, film-like tone curve, blur (detector MTF) and noise.
     gx, gy = rng.uniform(-0.18, 0.18, size=2)

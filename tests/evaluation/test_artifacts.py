@@ -15,6 +15,36 @@ from featurestore.layout.records import read_predictions, read_run
 from featurestore.store import Store
 
 
+def test_calibration_and_operating_points_equal_their_oracles(evaluated_store):
+    from sklearn.metrics import brier_score_loss, roc_curve
+
+    from evaluation.calibration import reliability
+
+    url, eval_id, _ = evaluated_store
+    store = Store.open(url)
+    _, t = read_evaluation(store, eval_id)
+    cal, ops = t["calibration"].to_pylist(), t["operating_points"].to_pylist()
+    cls_runs = {r["run_id"] for r in t["metrics"].to_pylist() if r["task_kind"] == "classification"}
+    assert cls_runs and {r["run_id"] for r in cal} == cls_runs == {r["run_id"] for r in ops}
+    for rid in cls_runs:
+        p = read_predictions(store, rid).to_pandas()
+        test, val = p[p.split == "test"], p[p.split == "val"]
+        (b,) = [r for r in cal if r["run_id"] == rid and r["scaling"] == "none" and r["metric"] == "brier"]
+        assert b["value"] == pytest.approx(brier_score_loss(test.label, test.score), abs=1e-12) and b["n"] == len(test)
+        rel = [r for r in t["reliability"].to_pylist() if r["run_id"] == rid and r["scaling"] == "none"]
+        assert [r["count"] for r in rel] == list(reliability(test.label.to_numpy(), test.score.to_numpy(), 10).count)
+        youden = [r for r in ops if r["run_id"] == rid and r["rule"] == "youden"]
+        if min(val.label.sum(), (1 - val.label).sum()) < 1:
+            assert {r["status"] for r in youden} == {"insufficient"}
+            continue
+        fpr, tpr, thr = roc_curve(val.label, val.score)
+        best = thr[1:][np.argmax((tpr - fpr)[1:])]
+        sens = [r for r in youden if r["metric"] == "sensitivity"][0]
+        assert sens["threshold"] == pytest.approx(best)
+        called = test.score >= best
+        assert sens["value"] == pytest.approx((called & (test.label == 1)).sum() / (test.label == 1).sum())
+
+
 def test_every_metric_equals_its_oracle(evaluated_store):
     url, eval_id, _ = evaluated_store
     store = Store.open(url)
@@ -25,6 +55,7 @@ def test_every_metric_equals_its_oracle(evaluated_store):
     checked = 0
     for r in rows:
         p = read_predictions(store, r["run_id"]).to_pandas()
+        p = p[p.split == "test"]
         assert r["n"] == len(p) and r["resamples"] == (0 if r["method"] == "delong-logit" else 200)
         if r["metric"] in ("auroc", "auprc"):
             pos, neg = int(p.label.sum()), int((1 - p.label).sum())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import re
 import shutil
@@ -15,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from evaluation.report import fmt, fmt_ci, forest_figure, results_table_html, write_report
 from featurestore.errors import RadstoreError
 from featurestore.store import Store
+from tests.evaluation.report_checks import real_png as _assert_real_png
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREEN = (1400, 4000)
@@ -39,18 +38,14 @@ def _metrics(url: str, eval_id: str) -> list[dict]:
     return pq.read_table(Path(url) / "metrics" / eval_id / "metrics.parquet").to_pylist()
 
 
+def _table(url: str, eval_id: str, name: str) -> list[dict]:
+    """Another table of the evaluation, read the same way (empty when the version has no such file)."""
+    path = Path(url) / "metrics" / eval_id / f"{name}.parquet"
+    return pq.read_table(path).to_pylist() if path.exists() else []
+
+
 def _is_nan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def _assert_real_png(data: bytes, what: str) -> Image.Image:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", what
-    Image.open(io.BytesIO(data)).verify()  # structurally valid
-    im = Image.open(io.BytesIO(data))
-    assert im.width >= 300 and im.height >= 200, (what, im.size)
-    grey = np.asarray(im.convert("L"), dtype=np.float32)
-    assert grey.std() > 8, f"{what} looks blank (pixel std {grey.std():.2f})"
-    return im
 
 
 def test_report_names_every_encoder_task_and_the_version(report):
@@ -78,9 +73,12 @@ def test_every_figure_is_a_real_png_embedded_and_on_disk(report):
     rows = _metrics(url, eval_id)
     kinds = {r["task"]: r["task_kind"] for r in rows}
     expected = {"forest", "pvalues-paired-bootstrap", "pvalues-nemenyi"}
-    expected |= {f"roc-pr-{t}" for t, k in kinds.items() if k == "classification"}
+    expected |= {f"{p}-{t}" for t, k in kinds.items() if k == "classification" for p in ("roc-pr", "reliability")}
     expected |= {f"regression-{t}" for t, k in kinds.items() if k == "regression"}
     expected |= {f"{p}-{t}" for t, k in kinds.items() if k == "segmentation" for p in ("dice", "overlay")}
+    # a subgroup forest plot per task with a subgroup some test image has a value for; a curve per task with subset runs
+    expected |= {f"subgroups-{r['task']}" for r in _table(url, eval_id, "subgroups") if r["subgroup"] != "unknown"}
+    expected |= {f"label-efficiency-{r['task']}" for r in _table(url, eval_id, "label_efficiency")}
     assert names == expected
     assert text.count("data:image/png;base64,") == len(files)  # every embedded image has its file
     for rel, b64 in files:

@@ -7,12 +7,10 @@ from __future__ import annotations
 import dataclasses
 import html
 import inspect
-import io
 import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from evaluation.report import (
     Overlay,
@@ -31,18 +29,11 @@ from evaluation.report import masks as masks_module
 from evaluation.report.masks import best_mask_run, pick_images
 from featurestore.layout.records import EvaluationRecord
 from featurestore.tasks import TASK_KINDS, TASKS, TaskDef, TaskKind
+from tests.evaluation.report_checks import real_png as _png
 
 EVIL = "<b>x</b>"
 ENCODERS = (EVIL, "enc & co", "plain")
 CONFIG = {"resamples": 200, "seed": 1, "method": "percentile", "confidence": 0.95, "threshold": 0.5, "empty_both": "one"}
-
-
-def _png(data: bytes | None, what: str) -> Image.Image:
-    assert data is not None and data[:8] == b"\x89PNG\r\n\x1a\n", what
-    im = Image.open(io.BytesIO(data))
-    assert im.width >= 300 and im.height >= 200, (what, im.size)
-    assert np.asarray(im.convert("L"), dtype=np.float32).std() > 8, f"{what} looks blank"
-    return im
 
 
 def synthetic(tasks: dict[str, str], n: int = 20, seed: int = 0) -> ReportData:
@@ -234,7 +225,10 @@ def test_names_from_the_data_are_escaped_everywhere(tmp_path):
         "5. Segmentation: per-image Dice",
         "6. Segmentation overlays",
         "7. Comparisons between encoders",
-        "8. Embedding health",
+        "8. Calibration and operating points",
+        "9. Label efficiency",
+        "10. Subgroups",
+        "11. Embedding health",
     ]
     assert "the table of all metrics and section 7." in text
 

@@ -33,6 +33,7 @@ def test_help_lists_every_subcommand():
         "store",
         "encoders",
         "tasks",
+        "health",
     }
     for cmd in sub.choices:
         assert f"    {cmd} " in out  # listed, with its help line
