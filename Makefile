@@ -15,6 +15,7 @@ DEMO_DUPLICATES ?= 3
 # One scanner vendor whose findings are fainter: what the evaluation's subgroup analysis must
 # find (ground truth in subgroup_effect.json beside the manifest).
 DEMO_SUBGROUP_EFFECT ?= manufacturer=VendorC
+DEMO_SUBGROUP_STRENGTH ?= 0.8
 PYTEST_ARGS ?=
 REBUILD_DIR ?= rebuild-check
 REBUILD_N ?= 100
@@ -88,7 +89,8 @@ rebuild-check: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/radstore synth --out $(DEMO_DIR)/cohort --n $(DEMO_N) --split $(DEMO_SPLIT) --seed 0 --preview --quiet \
-		--near-duplicates $(DEMO_DUPLICATES) --subgroup-effect $(DEMO_SUBGROUP_EFFECT)
+		--near-duplicates $(DEMO_DUPLICATES) --subgroup-effect $(DEMO_SUBGROUP_EFFECT) \
+		--subgroup-effect-strength $(DEMO_SUBGROUP_STRENGTH)
 	$(VENV)/bin/radstore study --config configs/demo.yaml --store $(DEMO_DIR)/store \
 		--manifest $(DEMO_DIR)/cohort/manifest.parquet --report $(DEMO_DIR)/report
 	@echo

@@ -81,7 +81,9 @@ def test_made_up_kind_trains_evaluates_queries_and_reports(ordinal_kind, pixels_
     assert rows["mae"]["value"] == pytest.approx(float(np.abs(pred["label"] - pred["grade"]).mean()), abs=1e-12)
     assert rows["spearman"]["ci_low"] <= rho <= rows["spearman"]["ci_high"]
 
-    got = query(store, f"SELECT image_id, grade FROM predictions WHERE run_id = '{run_id}' AND split = 'test' ORDER BY image_id").to_pandas()
+    got = query(
+        store, f"SELECT image_id, grade FROM predictions WHERE run_id = '{run_id}' AND split = 'test' ORDER BY image_id"
+    ).to_pandas()
     want = pred.sort_values("image_id")[["image_id", "grade"]].reset_index(drop=True)
     assert got.equals(want)
 

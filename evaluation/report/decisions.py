@@ -127,8 +127,7 @@ def calibration_table(rows: list[dict], task: str, min_class_count: Any = None) 
     folds = any(k[2] is not None for k in by)
     header = (Header(("encoder",)), Header(("head",)), *((Header(("split",)),) if folds else ()))
     header += tuple(
-        Header((METRIC_NAMES[metric],), "raw [CI]" if s == "none" else f"after {SCALING_NAMES[s]} [CI]")
-        for s, metric in columns
+        Header((METRIC_NAMES[metric],), "raw [CI]" if s == "none" else f"after {SCALING_NAMES[s]} [CI]") for s, metric in columns
     )
     body = []
     for (enc, head, fold), cells in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], fold_key(kv[0][2]))):
