@@ -265,8 +265,10 @@ def results_table(metrics: pa.Table, primary_only: bool = True) -> list[dict]:
 
 
 def decisions_table(tables: dict[str, pa.Table]) -> list[dict]:
-    """One row per classification run: ECE raw and temperature-scaled, and the test sensitivity /
-    specificity at the Youden threshold chosen on validation (or why there is none)."""
+    """One row per classification run: ECE raw and after Platt scaling, and the test sensitivity /
+    specificity at the Youden threshold chosen on validation (or why there is none). Platt, not
+    temperature: the heads train class-weighted, so an uninformative head scores 0.5 whatever
+    the prevalence, a shift of the intercept that only Platt's refitted intercept removes."""
     cal: dict[tuple, dict[str, dict]] = {}
     for r in tables["calibration"].to_pylist():
         if r["metric"] == "ece":
@@ -291,7 +293,7 @@ def decisions_table(tables: dict[str, pa.Table]) -> list[dict]:
         o = ops.get(key, {})
         t = o.get("sensitivity", {}).get("threshold")
         rows.append({"task": task, "head": head, "encoder": display_name(enc), "fold": "" if fold is None else fold,
-                     "ECE": cell(cal[key].get("none")), "ECE temperature": cell(cal[key].get("temperature")),
+                     "ECE": cell(cal[key].get("none")), "ECE after Platt": cell(cal[key].get("platt")),
                      "Youden threshold": "-" if t is None or not np.isfinite(t) else f"{t:.3f}",
                      "sensitivity": cell(o.get("sensitivity")), "specificity": cell(o.get("specificity"))})  # fmt: skip
     return rows

@@ -310,7 +310,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print_rows(results_table(tables["metrics"], primary_only=not args.all_metrics))
     decisions = decisions_table(tables)
     if decisions:
-        print("\ncalibration (ECE, raw and temperature-scaled on validation) and the Youden operating point chosen on validation:")
+        print("\ncalibration (ECE, raw and after Platt scaling fitted on validation) and the Youden operating point chosen on validation:")
         print_rows(decisions)
     print("new version" if out["created"] else "these inputs were evaluated before: existing version, unchanged", file=sys.stderr)
     bad = _print_controls(out["controls"])
@@ -428,7 +428,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     print_rows([{k: v for k, v in r.items() if k != "fold" or v != ""} for r in results_table(tables["metrics"])])
     decisions = decisions_table(tables)
     if decisions:
-        print("\ncalibration (ECE, raw and temperature-scaled on validation) and the Youden operating point chosen on validation:")
+        print("\ncalibration (ECE, raw and after Platt scaling fitted on validation) and the Youden operating point chosen on validation:")
         print_rows([{k: v for k, v in r.items() if k != "fold" or v != ""} for r in decisions])
     print()
     for enc, e in out["extracted"].items():

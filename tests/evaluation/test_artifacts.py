@@ -186,3 +186,29 @@ def test_bad_inputs_name_the_culprit(evaluated_store):
             evaluate(store, [bad])
     finally:
         store.loc.fs.rm(dst.path(), recursive=True)
+
+
+def test_the_printed_decisions_table_is_the_evaluations_rows(evaluated_store):
+    from evaluation.artifacts import decisions_table, format_value
+    from featurestore.encoders.registry import display_name
+
+    def shown(r):  # a number where the row has one, else the reason, in words
+        return format_value(r) if r["status"] == "ok" else None
+
+    url, eval_id, _ = evaluated_store
+    _, t = read_evaluation(Store.open(url), eval_id)
+    rows = decisions_table(t)
+    fold = lambda r: "" if r["fold"] is None else r["fold"]  # noqa: E731  (as the table shows it)
+    cal = {(r["task"], fold(r), r["encoder"], r["scaling"]): r for r in t["calibration"].to_pylist() if r["metric"] == "ece"}
+    ops = {(r["task"], fold(r), r["encoder"], r["metric"]): r for r in t["operating_points"].to_pylist() if r["rule"] == "youden"}
+    assert len(rows) == len({k[:3] for k in cal}) > 0
+    for row in rows:
+        f = row["fold"]
+        enc = next(k[2] for k in cal if display_name(k[2]) == row["encoder"] and k[:2] == (row["task"], f))
+        assert row["ECE"] == format_value(cal[(row["task"], f, enc, "none")])
+        for col, r in (
+            ("ECE after Platt", cal[(row["task"], f, enc, "platt")]),
+            ("sensitivity", ops[(row["task"], f, enc, "sensitivity")]),
+        ):
+            want = shown(r)
+            assert row[col] == want if want is not None else not any(c.isdigit() for c in row[col]), (col, row[col])

@@ -229,6 +229,7 @@ def test_planted_lower_auroc_is_found():
     assert _one(rows, metric="auprc", subgroup="VendorC")["p_holm"] < 0.05
 
 
+@pytest.mark.slow
 def test_no_planted_difference_keeps_the_family_wise_error_rate():
     """150 data sets of three manufacturers (60, 50 and 40 images, 30% positives) with the same
     AUROC 0.8, at the default 2,000 resamples: the share with any Holm-corrected p < 0.05 stays

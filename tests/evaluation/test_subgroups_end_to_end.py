@@ -27,6 +27,8 @@ from heads.train import TrainConfig, train
 
 COHORT = SynthConfig(n=800, seed=3, min_side=128, max_side=160, pneumothorax_prevalence=0.4, split=(0.5, 0.15, 0.35),
                      subgroup_effect="manufacturer=VendorC", subgroup_effect_strength=0.8)  # fmt: skip
+pytestmark = pytest.mark.slow  # ingest, extraction, training and evaluation of 800 images
+
 CFG = EvalConfig(resamples=1000, subgroups=("manufacturer", "view_position"))
 
 

@@ -186,6 +186,7 @@ def test_full_disk_is_one_clear_error_and_loses_nothing(small_disk, direct):
     assert [p for p in _partials(url) if "/.tmp/" in p] == []  # the failed write's temporary file is gone
 
 
+@pytest.mark.slow
 def test_extract_on_a_full_disk_says_so_once_without_retrying(small_disk, cohort):
     url = str(small_disk / "store")
     exe = Path(sys.executable).with_name("radstore")

@@ -119,6 +119,7 @@ def test_uint8_is_the_rounded_image(name):
     np.testing.assert_array_equal(d.uint8("minmax"), np.round(_pydicom_minmax(VARIANTS[name], None) * 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_pydicom_samples_equal_the_per_pixel_path():
     """Every decodable sample: table or not (colour, float, 32-bit take the per-pixel path), the
     image and its metadata are what the per-pixel pipeline gives."""

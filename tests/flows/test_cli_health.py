@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from evaluation.query import query
 from featurestore.store import Store
@@ -17,6 +18,7 @@ def _radstore(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_health_command_views_and_errors(tmp_path):
     url = str(tmp_path / "store")
     store = Store.open(url, create=True)
