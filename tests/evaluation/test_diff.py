@@ -21,6 +21,8 @@ from heads.runs import plan_runs
 from heads.train import train
 from tests.lineage_grid import build, configs, edit_manifest
 
+pytestmark = pytest.mark.slow  # trains and evaluates a store twice
+
 CFG = EvalConfig(resamples=200, min_class_count=2)
 
 

@@ -189,6 +189,7 @@ def test_a_connection_you_pass_is_left_alone_unless_asked(local_store, tmp_path)
     assert not (tmp_path / "no.csv").exists()
 
 
+@pytest.mark.slow
 def test_s3_store_views_work_and_escapes_are_refused(s3_store, tmp_path):
     store, fsid = s3_store
     before = _clean_state(store)

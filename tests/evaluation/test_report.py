@@ -20,6 +20,8 @@ from featurestore.errors import RadstoreError
 from featurestore.store import Store
 from tests.evaluation.report_checks import real_png as _assert_real_png
 
+pytestmark = pytest.mark.slow  # trains, evaluates and renders a whole report
+
 CHROMIUM = Path("/usr/bin/chromium")
 SCREEN = (1400, 4000)
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from evaluation.report import (
     Overlay,
@@ -297,6 +298,7 @@ def test_figures_from_arrays():
     assert overlay_figure(dataclasses.replace(data.overlays["heart-seg"], images=[]), 0.5) is None
 
 
+@pytest.mark.slow
 def test_session_report_with_markup_in_names(evaluated_store, tmp_path):
     """The real pipeline's data, with an encoder and a task renamed to markup after gathering."""
     from evaluation.report import gather

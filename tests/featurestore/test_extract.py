@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from featurestore.encoders import ENCODERS
 from featurestore.extract import ExtractConfig, extract, plan
@@ -26,6 +27,7 @@ def _cfg(encoder: str, **kw) -> ExtractConfig:
     return ExtractConfig(encoder=encoder, weights=None if encoder == "pixels" else "random:tiny", progress=False, num_workers=0, **kw)
 
 
+@pytest.mark.slow
 def test_every_encoder_into_its_own_feature_set(cohort, tmp_path):
     store = Store.open(str(tmp_path / "s"), create=True)
     ids = set()
@@ -159,6 +161,7 @@ def test_corrupt_image_is_rejected_and_the_rest_committed(cohort, tmp_path):
     assert fs.rejects().column("image_id").to_pylist() == [bad["image_id"]]
 
 
+@pytest.mark.slow
 def test_killed_extraction_completes_on_rerun_exactly_once(cohort, tmp_path):
     store_dir = tmp_path / "s"
     code = (

@@ -18,6 +18,8 @@ from featurestore.manifest import load_manifest
 from featurestore.store import Store
 from tests.conftest import COHORT, ROOT
 
+pytestmark = pytest.mark.slow  # one decode for several encoders, end to end
+
 NAMES = ("pixels", "random-vit", "rad-dino")
 
 

@@ -97,6 +97,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_spec):
     _assert_consistent(fs, [f"img{i:04d}" for i in range(96)])
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_feature_set(tmp_path, tiny_spec):
     """Two writers at once, different images: shards are allocated under a lock, never shared."""
     backend = (str(tmp_path / "store"), None)

@@ -22,6 +22,8 @@ from heads.runs import plan_runs
 from heads.train import train
 from tests.lineage_grid import COHORT, GRID, build, configs, edit_manifest
 
+pytestmark = pytest.mark.slow  # trains every task on a real store, then retrains after each change
+
 
 @pytest.fixture
 def trained(tmp_path):

@@ -48,6 +48,7 @@ def test_every_task_trains_and_writes_a_complete_run(pixels_store, task):
             assert np.isfinite(preds.column(col).to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_same_seed_same_predictions(pixels_store):
     url, fsid, _ = pixels_store
     store = Store.open(url)

@@ -26,6 +26,8 @@ from featurestore.encoders.siglip import XRAYSIGLIP_PREPROCESSING
 from featurestore.imageio import decode, read_image
 from featurestore.synth.cohort import write_dicom
 
+pytestmark = pytest.mark.slow  # builds each encoder and its own processor
+
 CONFIGS = Path(__file__).parent / "processor_configs"
 #: The same resampler on the same 8-bit image: equal up to float32 rounding of the normalisation
 #: (the acceptance bound was 1.5/255, what PIL's 8-bit rounding alone would explain).

@@ -11,6 +11,8 @@ from featurestore.ingest import ingest
 from featurestore.store import Store
 from featurestore.synth.cohort import SynthConfig, read_near_duplicates, synthesize
 
+pytestmark = pytest.mark.slow  # synthesises, ingests and extracts a cohort per encoder
+
 
 @pytest.fixture(scope="module")
 def cohort_store(tmp_path_factory):
