@@ -33,6 +33,7 @@ from evaluation import metrics as M
 from evaluation.compute import RunData, compute, whole_split
 from evaluation.config import EvalConfig
 from evaluation.controls import check_controls
+from evaluation.decisions import status_text
 from featurestore import __version__
 from featurestore.encoders.registry import display_name
 from featurestore.errors import RadstoreError
@@ -281,11 +282,7 @@ def decisions_table(tables: dict[str, pa.Table]) -> list[dict]:
     def cell(r: dict | None) -> str:
         if r is None:
             return "-"
-        if r["status"] != "ok":
-            return {"no-validation": "no validation predictions (retrain)", "insufficient": "too few validation cases"}.get(
-                r["status"], r["status"]
-            )
-        return format_value(r)
+        return format_value(r) if r["status"] == "ok" else status_text(r["status"])
 
     rows = []
     for key in sorted(cal, key=lambda k: tuple(str(x) for x in k)):

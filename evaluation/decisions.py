@@ -49,6 +49,20 @@ def _empty(n: int) -> dict[str, Any]:
     return {"value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "method": None, "n": n}
 
 
+def status_text(status: str | None, min_class_count: Any = None) -> str:
+    """Why a calibration or operating-point row has no number, for people."""
+    if status == "no-validation":
+        return "no validation predictions (retrain)"
+    if status == "insufficient":
+        if min_class_count == 1:  # fewer than one: a class is missing altogether
+            return "validation split holds one class only"
+        least = f" (< {min_class_count} of a class)" if min_class_count is not None else ""
+        return f"too few validation positives or negatives{least}"
+    if status == "no-threshold":
+        return "no threshold found on validation"
+    return str(status)
+
+
 def validation_status(val: dict[str, np.ndarray] | None, cfg: EvalConfig) -> str:
     """``ok``, ``no-validation`` (the run kept no validation predictions) or ``insufficient``
     (fewer than ``min_class_count`` validation positives or negatives)."""

@@ -61,6 +61,7 @@ from evaluation.bootstrap import CI, resample_indices
 from evaluation.compare import adjust
 from evaluation.compute import RunData, interval
 from evaluation.config import EvalConfig
+from featurestore.attributes import text_value
 from featurestore.errors import RadstoreError
 from featurestore.tasks import TaskKind, get_kind
 
@@ -86,14 +87,6 @@ def age_band(age: float | None) -> str | None:
     return next(label for upper, label in AGE_BANDS if a < upper)
 
 
-def _text(value: Any) -> str | None:
-    """A value as its subgroup label: the stripped text (12 -> "12"), None when empty or missing."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return None
-    s = str(value).strip()
-    return s or None
-
-
 @dataclass(frozen=True)
 class SubgroupColumn:
     """A column subgroups can be formed on: the image-index column it reads and how a value
@@ -101,7 +94,7 @@ class SubgroupColumn:
 
     name: str
     source: str
-    label: Callable[[Any], str | None] = _text
+    label: Callable[[Any], str | None] = text_value
 
 
 #: Every column subgroups can be formed on, by name.

@@ -54,9 +54,9 @@ def parse_age(value: Any) -> float | None:
     return years if math.isfinite(years) and 0.0 <= years <= MAX_AGE_YEARS else None
 
 
-def _text(value: Any) -> str | None:
-    """A stripped, non-empty string, or None."""
-    if value is None:
+def text_value(value: Any) -> str | None:
+    """A value as stripped, non-empty text (12 -> "12"), or None when empty or missing (NaN too)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return None
     s = str(value).strip()
     return s or None
@@ -65,7 +65,7 @@ def _text(value: Any) -> str | None:
 def _clean(column: str, value: Any) -> Any:
     if column == "patient_age":
         return parse_age(value)
-    return _text(value)
+    return text_value(value)
 
 
 def from_dataset(ds: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
+from evaluation.decisions import status_text
 from evaluation.report.common import PALETTE, finite, fmt, fmt_ci, fold_key, fold_text, label, slug, task_order
 from evaluation.report.figures import LINESTYLES, render_png, undefined_note
 from evaluation.report.tables import Cell, Header, Table
@@ -58,20 +59,6 @@ def decides(kind: str) -> bool:
         return any(get_metric(m).class_based for m in spec.metrics)
     except KeyError:
         return False
-
-
-def status_text(status: str | None, min_class_count: Any = None) -> str:
-    """Why a calibration or operating-point row has no number, for people."""
-    if status == "no-validation":
-        return "no validation predictions (retrain)"
-    if status == "insufficient":
-        if min_class_count == 1:  # fewer than one: a class is missing altogether
-            return "validation split holds one class only"
-        least = f" (< {min_class_count} of a class)" if min_class_count is not None else ""
-        return f"too few validation positives or negatives{least}"
-    if status == "no-threshold":
-        return "no threshold found on validation"
-    return str(status)
 
 
 def value_text(r: Mapping, min_class_count: Any = None) -> str:

@@ -169,7 +169,7 @@ def check_health(store: Store, fs: FeatureSet | str, cfg: HealthConfig | None = 
         code_version=code_version(),
         timings={k: round(v, 3) for k, v in timings.items()},
     )
-    tables = _tables(fs, rec, created, rows, g, acc, leak, c, drift, previous, cfg)
+    tables = _tables(fs, rec, created, rows, g, acc, leak, c, sample, drift, previous, cfg)
     path = write_health(fs, rec, tables)
     return HealthResult(rec, tables, path, True)
 
@@ -189,7 +189,7 @@ def _nullable(x: np.ndarray) -> list[float | None]:
     return [float(v) if np.isfinite(v) else None for v in x]
 
 
-def _tables(fs, rec, created, rows, g, acc, leak, c, drift, previous, cfg) -> dict[str, pa.Table]:  # noqa: ANN001
+def _tables(fs, rec, created, rows, g, acc, leak, c, sample, drift, previous, cfg) -> dict[str, pa.Table]:  # noqa: ANN001
     S = layout.schemas
     summary = pa.Table.from_pylist(
         [{"feature_set_id": fs.id, "health_id": rec.health_id, "created_at": created, "encoder": fs.spec.encoder, **r} for r in rows],
@@ -197,8 +197,8 @@ def _tables(fs, rec, created, rows, g, acc, leak, c, drift, previous, cfg) -> di
     )
     spectra = []
     sources = [("global", g.spectrum.singular_values), ("global_centered", g.spectrum.centered_singular_values)]
-    if acc is not None and acc.tokens.n:
-        sources.append(("patch", acc.tokens.spectrum().singular_values))
+    if acc is not None and (tokens := acc.token_spectrum()) is not None:
+        sources.append(("patch", tokens.singular_values))
     for source, sv in sources:
         total = float((sv**2).sum()) or 1.0
         spectra.append(_table(S.SPECTRUM_SCHEMA, fs, rec, source=[source] * len(sv), k=np.arange(1, len(sv) + 1),
@@ -206,7 +206,7 @@ def _tables(fs, rec, created, rows, g, acc, leak, c, drift, previous, cfg) -> di
     sp = g.spectrum
     dims = _table(S.DIMENSIONS_SCHEMA, fs, rec, dim=np.arange(sp.dim), mean=sp.mean, variance=sp.variance, dead=sp.dead)
     cos, rank, mean_norm = acc.per_image()
-    ids = list(c.ids[C.choose(len(c), cfg.sample, cfg.seed, "sample")])
+    ids = list(c.ids[sample])
     patch_images = _table(S.PATCH_IMAGES_SCHEMA, fs, rec, image_id=ids, patch_cosine=_nullable(cos), patch_rank=_nullable(rank),
                           mean_norm=mean_norm)  # fmt: skip
     h, w = acc.norm_map.shape

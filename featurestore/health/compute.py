@@ -289,8 +289,7 @@ def summary_rows(fs: FeatureSet, g: GlobalPass, acc: PatchAccumulator | None, ck
                 float(np.median(ranked)) / min(fs.spec.grid[0], fs.spec.grid[1] * fs.spec.grid[2]),
                 int(ranked.size),
             )
-        if acc.tokens.n:
-            t = acc.tokens.spectrum()
+        if (t := acc.token_spectrum()) is not None:
             add("patch", "token_rankme", t.rankme, t.n)
             add("patch", "token_participation_ratio", t.participation_ratio, t.n)
             add("patch", "token_anisotropy", t.anisotropy, t.n)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from featurestore.health.spectrum import Moments, effective_rank
+from featurestore.health.spectrum import Moments, Spectrum, effective_rank
 
 
 def patch_cosine(grids: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -67,6 +67,7 @@ class PatchAccumulator:
         self.rank: list[np.ndarray] = []
         self.mean_norm: list[np.ndarray] = []
         self.tokens = Moments(grid[0])
+        self._token_spectrum: Spectrum | None = None
 
     def add(self, grids: np.ndarray) -> None:
         """Fold in a batch ``[B, C, H, W]`` (any float dtype)."""
@@ -88,6 +89,15 @@ class PatchAccumulator:
             pos = np.stack([self.rng.choice(h * w, self.tokens_per_image, replace=False) for _ in range(b)])
             picked = torch.gather(flat, 2, torch.as_tensor(pos).unsqueeze(1).expand(b, c, -1))  # [B, C, T]
             self.tokens.add(picked.transpose(1, 2).reshape(-1, c).numpy())
+
+    def token_spectrum(self) -> Spectrum | None:
+        """The pooled tokens' spectrum (None before any token), one eigendecomposition per set
+        of tokens: the summary and the spectrum table both read it."""
+        if not self.tokens.n:
+            return None
+        if self._token_spectrum is None or self._token_spectrum.n != self.tokens.n:
+            self._token_spectrum = self.tokens.spectrum()
+        return self._token_spectrum
 
     @property
     def norm_map(self) -> np.ndarray:

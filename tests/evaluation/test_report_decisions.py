@@ -22,6 +22,7 @@ import pytest
 
 from evaluation.artifacts import EvalConfig, evaluate
 from evaluation.calibration import sigmoid
+from evaluation.decisions import status_text
 from evaluation.report import ReportData, render_report, write_report
 from evaluation.report.decisions import (
     NO_CLASSIFICATION,
@@ -31,7 +32,6 @@ from evaluation.report.decisions import (
     operating_points_table,
     reliability_figure,
     rule_text,
-    status_text,
 )
 from evaluation.report.render import decisions_section, decisions_section_html
 from featurestore.layout.records import EvaluationRecord, RunRecord, predictions_table, write_run
